@@ -1,0 +1,53 @@
+"""Settings common to every process. Each service subclasses ServiceSettings and adds its own.
+
+Every setting is read from the environment (prefix MSP_) or a `.env` file. Secrets are
+`SecretStr`, so they print as '**********' in logs and reprs."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_IDENTITY_SECRET = "dev-only-identity-secret-change-me-in-production"
+DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktMzItYnl0ZXMtbG9uZyE="  # base64 of 32 bytes, dev only
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore")
+
+    service_name: str = Field("service", description="Name used in logs, traces and queue names.")
+    http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    http_port: int = Field(8100, description="Port the HTTP server binds to (per-service alias).")
+    database_url: str = Field(
+        "postgresql://msp:msp@127.0.0.1:5432/securepractice",
+        description="This service's PostgreSQL DSN; each service may point at its own database.",
+    )
+    migrate_on_start: bool = Field(True, description="Apply pending migrations at start (advisory-locked, safe with replicas).")
+    db_pool_min: int = Field(1, description="Minimum connections in the pool.")
+    db_pool_max: int = Field(10, description="Maximum connections in the pool.")
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    bus_exchange: str = Field(
+        "msp.events",
+        description="Topic exchange for domain events; queue names are prefixed by it, so a "
+        "test run or a staging stack gets its own names on a shared broker.",
+    )
+    bus_prefetch: int = Field(32, description="Unacknowledged messages per consumer.")
+    bus_max_retries: int = Field(5, description="Deliveries of a failing message before it is parked in the DLQ.")
+    bus_retry_delay_ms: int = Field(1000, description="First retry delay; doubles per retry.")
+    identity_secret: SecretStr = Field(
+        SecretStr(DEV_IDENTITY_SECRET),
+        description="HMAC key shared by the gateway (signs) and services (verify identity headers).",
+    )
+    identity_ttl_seconds: int = Field(30, description="Lifetime of a signed identity header.")
+    seal_key: SecretStr = Field(
+        SecretStr(DEV_SEAL_KEY),
+        description="Base64 32-byte AES key sealing secret fields (email addresses, links) in events.",
+    )
+    log_level: str = Field("INFO", description="Root log level.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    tracing_exporter: Literal["none", "console", "otlp"] = Field("none", description="Span exporter.")
+    otlp_endpoint: str = Field("http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint.")
+    shutdown_grace_seconds: float = Field(10.0, description="Time allowed for in-flight work on shutdown.")
+    public_url: str = Field("http://127.0.0.1:8080", description="Where users open the portal (links in emails).")
+    dev_outbox: str = Field("var/outbox", description="Dev outbox folder: local mail and SMS land here.")

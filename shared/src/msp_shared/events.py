@@ -1,0 +1,148 @@
+"""The event envelope and the typed payloads every service shares.
+
+Every message on the bus is an Envelope: id, type (also the routing key), version,
+occurred_at, trace context and data. `data` is validated against the pydantic model
+registered for (type, version); older versions are upcast by small pure functions so
+consumers only ever see the current shape.
+
+Payloads carry ids, not PHI: never passwords, codes, raw tokens, message bodies. Where a
+consumer truly needs a secret (the address and link of an email), it travels sealed
+(see seal.py)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventData(BaseModel):
+    """Base of every event payload. Subclasses set TYPE and VERSION."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    trace: dict[str, str] = Field(default_factory=dict)
+    data: dict[str, Any]
+
+    def payload(self) -> EventData:
+        return REGISTRY.parse(self)
+
+
+class UnknownEvent(Exception):
+    pass
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._models: dict[str, type[EventData]] = {}
+        self._upcasters: dict[tuple[str, int], Callable[[dict], dict]] = {}
+
+    def register(self, model: type[EventData]) -> type[EventData]:
+        self._models[model.TYPE] = model
+        return model
+
+    def upcaster(self, type_: str, from_version: int) -> Callable[[Callable[[dict], dict]], Callable[[dict], dict]]:
+        def decorate(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+            self._upcasters[(type_, from_version)] = fn
+            return fn
+
+        return decorate
+
+    def model(self, type_: str) -> type[EventData]:
+        try:
+            return self._models[type_]
+        except KeyError:
+            raise UnknownEvent(type_) from None
+
+    def parse(self, envelope: Envelope) -> EventData:
+        model = self.model(envelope.type)
+        data, version = dict(envelope.data), envelope.version
+        while version < model.VERSION:
+            data = self._upcasters[(envelope.type, version)](data)
+            version += 1
+        return model.model_validate(data)
+
+    def types(self) -> list[str]:
+        return sorted(self._models)
+
+
+REGISTRY = Registry()
+event = REGISTRY.register
+
+
+def make_envelope(data: EventData, *, occurred_at: datetime | None = None, trace: dict[str, str] | None = None) -> Envelope:
+    return Envelope(
+        type=data.TYPE,
+        version=data.VERSION,
+        occurred_at=occurred_at or datetime.now(timezone.utc),
+        trace=trace or {},
+        data=data.model_dump(mode="json"),
+    )
+
+
+# ---- the catalogue: every event type that crosses a service boundary -------------------
+
+@event
+class EmailRequested(EventData):
+    """A command to mail-service: send one templated email. `sealed` holds the recipient
+    address and any secret template values (links with tokens), sealed with the bus key."""
+
+    TYPE = "mail.email.requested"
+    template: str
+    sealed: str
+    params: dict[str, str] = Field(default_factory=dict)  # non-secret values only
+    requested_by: str  # service name, for the audit of who asked
+
+
+@event
+class EmailSent(EventData):
+    TYPE = "mail.email.sent"
+    request_id: uuid.UUID
+    template: str
+
+
+@event
+class SessionsRevoked(EventData):
+    """auth-service: every session of this user must end now (password change/reset,
+    lock, role change, account disabled)."""
+
+    TYPE = "auth.sessions.revoked"
+    user_id: uuid.UUID
+    reason: str
+
+
+@event
+class UserRegistered(EventData):
+    TYPE = "auth.user.registered"
+    user_id: uuid.UUID
+    practice_id: uuid.UUID
+
+
+@event
+class UserLocked(EventData):
+    TYPE = "auth.user.locked"
+    user_id: uuid.UUID
+
+
+@event
+class SecureMailGranted(EventData):
+    TYPE = "billing.securemail.granted"
+    user_id: uuid.UUID
+    paid_by: uuid.UUID
+
+
+@event
+class SecureMailRevoked(EventData):
+    TYPE = "billing.securemail.revoked"
+    user_id: uuid.UUID
