@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_IDENTITY_SECRET = "dev-only-identity-secret-change-me-in-production"
+DEV_VERIFY_SECRET = "dev-only-verification-secret-change-me-in-production"
 DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktMzItYnl0ZXMtbG9uZyE="  # base64 of 32 bytes, dev only
 
 
@@ -43,6 +44,10 @@ class ServiceSettings(BaseSettings):
     seal_key: SecretStr = Field(
         SecretStr(DEV_SEAL_KEY),
         description="Base64 32-byte AES key sealing secret fields (email addresses, links) in events.",
+    )
+    verify_secret: SecretStr = Field(
+        SecretStr(DEV_VERIFY_SECRET),
+        description="HMAC key shared by auth-service and verify-service for verification tickets and proofs.",
     )
     log_level: str = Field("INFO", description="Root log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
