@@ -1,0 +1,100 @@
+"""Attachment encryption at rest (DESIGN.md §8).
+
+Each attachment gets a random 256-bit data key. The plaintext is cut into fixed-size chunks,
+each sealed with AES-256-GCM under its own nonce, with (file id, chunk index, last-chunk
+flag) as associated data: chunks cannot be reordered, dropped, truncated or moved between
+files without failing authentication. The data key is stored wrapped by a master key named
+by a key id, so master keys rotate by re-wrapping data keys, without rewriting files.
+Destroying the wrapped key (message expiry) leaves the file unreadable forever.
+
+Pure byte functions: no file or network I/O here."""
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+CHUNK_SIZE = 64 * 1024
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SEALED_CHUNK_SIZE = CHUNK_SIZE + NONCE_SIZE + TAG_SIZE
+
+
+class TamperedError(Exception):
+    """A chunk failed authentication: the stored file was changed or corrupted."""
+
+
+def _aad(file_id: str, index: int, last: bool) -> bytes:
+    return file_id.encode() + struct.pack(">Q?", index, last)
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def seal_chunk(data_key: bytes, file_id: str, index: int, plaintext: bytes, *, last: bool) -> bytes:
+    if len(plaintext) > CHUNK_SIZE:
+        raise ValueError("chunk larger than CHUNK_SIZE")
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce + AESGCM(data_key).encrypt(nonce, plaintext, _aad(file_id, index, last))
+
+
+def open_chunk(data_key: bytes, file_id: str, index: int, sealed: bytes, *, last: bool) -> bytes:
+    try:
+        return AESGCM(data_key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _aad(file_id, index, last))
+    except InvalidTag:
+        raise TamperedError(f"chunk {index} failed authentication") from None
+
+
+def sealed_size(plain_size: int) -> int:
+    chunks = max(1, -(-plain_size // CHUNK_SIZE))
+    return plain_size + chunks * (NONCE_SIZE + TAG_SIZE)
+
+
+def chunk_count(plain_size: int) -> int:
+    return max(1, -(-plain_size // CHUNK_SIZE))
+
+
+@dataclass(frozen=True)
+class MasterKeys:
+    """Master keys by id; `current` wraps new data keys, any listed key unwraps."""
+
+    keys: dict[str, bytes]
+    current: str
+
+    @classmethod
+    def parse(cls, spec: str, current: str | None = None) -> "MasterKeys":
+        """`spec` is "kid1:base64key,kid2:base64key"; the last is current unless named."""
+        keys: dict[str, bytes] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            kid, _, b64 = item.partition(":")
+            key = base64.b64decode(b64)
+            if len(key) != 32:
+                raise ValueError(f"master key {kid!r} must be 32 bytes")
+            keys[kid] = key
+        if not keys:
+            raise ValueError("no master key configured")
+        chosen = current or list(keys)[-1]
+        if chosen not in keys:
+            raise ValueError(f"current master key {chosen!r} is not configured")
+        return cls(keys, chosen)
+
+    def wrap(self, data_key: bytes, file_id: str) -> str:
+        nonce = os.urandom(NONCE_SIZE)
+        blob = AESGCM(self.keys[self.current]).encrypt(nonce, data_key, b"wrap:" + file_id.encode())
+        return f"{self.current}:{base64.b64encode(nonce + blob).decode()}"
+
+    def unwrap(self, wrapped: str, file_id: str) -> bytes:
+        kid, _, b64 = wrapped.partition(":")
+        raw = base64.b64decode(b64)
+        try:
+            return AESGCM(self.keys[kid]).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], b"wrap:" + file_id.encode())
+        except (KeyError, InvalidTag):
+            raise TamperedError("the data key cannot be unwrapped") from None
+
+    def rewrap(self, wrapped: str, file_id: str) -> str:
+        return self.wrap(self.unwrap(wrapped, file_id), file_id)
