@@ -1,0 +1,107 @@
+"""Encrypted attachment storage against both backends: local disk, and S3 through
+aiobotocore against moto's S3-compatible server on a local port."""
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiobotocore.session import get_session
+from moto.server import ThreadedMotoServer
+
+from msp_mail.attachment_rules import AttachmentBudget
+from msp_mail.attachments import AttachmentRefused, read_decrypted, store_encrypted
+from msp_mail.blobstore import DiskBlobStore, S3BlobStore
+from msp_mail.crypto import CHUNK_SIZE, MasterKeys, TamperedError
+
+KEYS = MasterKeys.parse("k1:" + __import__("base64").b64encode(os.urandom(32)).decode())
+
+
+async def _stream(data: bytes, piece: int = 10_000) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), piece):
+        yield data[i : i + piece]
+
+
+async def _read(store, att, start=0, end=None) -> bytes:  # noqa: ANN001
+    return b"".join([c async for c in read_decrypted(store, KEYS, att, start, end)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> AsyncIterator[str]:
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["disk", "s3"])
+async def store(request, tmp_path: Path):  # noqa: ANN001
+    if request.param == "disk":
+        yield DiskBlobStore(tmp_path / "blobs")
+        return
+    endpoint = request.getfixturevalue("moto_endpoint")
+    session = get_session()
+    async with session.create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    ) as client:
+        bucket = f"att-{os.urandom(4).hex()}"
+        await client.create_bucket(Bucket=bucket)
+        yield S3BlobStore(client, bucket, part_size=5 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 5, 6 * 1024 * 1024 + 3])
+async def test_round_trip_is_byte_identical(store, size: int) -> None:  # noqa: ANN001
+    name, data = ("scan.pdf", b"%PDF-" + os.urandom(size - 5)) if size >= 5 else ("note.txt", b"x" * size)
+    att = await store_encrypted(store, KEYS, f"f{size}", name, _stream(data), AttachmentBudget())
+    assert att.size == len(data) and att.sha256 == hashlib.sha256(data).hexdigest()
+    assert await _read(store, att) == data
+
+
+async def test_ranges_decrypt_only_what_is_asked(store) -> None:  # noqa: ANN001
+    data = b"%PDF-" + os.urandom(5 * CHUNK_SIZE)
+    att = await store_encrypted(store, KEYS, "r1", "scan.pdf", _stream(data), AttachmentBudget())
+    for start, end in [(0, 10), (CHUNK_SIZE - 3, CHUNK_SIZE + 3), (2 * CHUNK_SIZE, 4 * CHUNK_SIZE + 1), (len(data) - 1, len(data))]:
+        assert await _read(store, att, start, end) == data[start:end]
+
+
+async def test_refused_content_leaves_nothing_behind(store) -> None:  # noqa: ANN001
+    with pytest.raises(AttachmentRefused) as refused:
+        await store_encrypted(store, KEYS, "bad", "invoice.pdf", _stream(b"MZ" + os.urandom(1000)), AttachmentBudget())
+    assert refused.value.refusal.code == "executable_content"
+    assert not await store.exists("bad")
+
+
+async def test_budget_crossed_mid_stream_leaves_nothing_behind(store) -> None:  # noqa: ANN001
+    with pytest.raises(AttachmentRefused) as refused:
+        await store_encrypted(store, KEYS, "big", "a.txt", _stream(os.urandom(3 * CHUNK_SIZE)), AttachmentBudget(limit=2 * CHUNK_SIZE))
+    assert refused.value.refusal.code == "too_large"
+    assert not await store.exists("big")
+
+
+async def test_tampered_file_on_disk_is_detected(tmp_path: Path) -> None:
+    store = DiskBlobStore(tmp_path)
+    data = b"%PDF-" + os.urandom(2 * CHUNK_SIZE)
+    att = await store_encrypted(store, KEYS, "t1", "x.pdf", _stream(data), AttachmentBudget())
+    raw = bytearray((tmp_path / "t1").read_bytes())
+    raw[CHUNK_SIZE + 100] ^= 0x01
+    (tmp_path / "t1").write_bytes(bytes(raw))
+    with pytest.raises(TamperedError):
+        await _read(store, att)
+    (tmp_path / "t1").write_bytes(bytes(raw[: CHUNK_SIZE + 28]))  # truncated after chunk 0
+    with pytest.raises(TamperedError):
+        await _read(store, att)
+
+
+async def test_plaintext_is_not_on_disk(tmp_path: Path) -> None:
+    store = DiskBlobStore(tmp_path)
+    data = b"%PDF-" + b"PATIENT NAME: Jane Roe " * 5000
+    await store_encrypted(store, KEYS, "p1", "x.pdf", _stream(data), AttachmentBudget())
+    assert b"Jane Roe" not in (tmp_path / "p1").read_bytes()
