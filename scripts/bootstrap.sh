@@ -35,13 +35,17 @@ if ! PGPASSWORD=msp psql -h 127.0.0.1 -U msp -d postgres -tAc 'SELECT 1' >/dev/n
     || psql -h 127.0.0.1 -U postgres -d postgres -q -c "CREATE ROLE msp LOGIN CREATEDB PASSWORD 'msp'"
 fi
 
-# RabbitMQ: start it detached if it does not answer.
-if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
-  say "starting RabbitMQ"
-  rabbitmq-server -detached >/dev/null 2>&1 || true
-  for _ in $(seq 90); do rabbitmq-diagnostics -q ping >/dev/null 2>&1 && break; sleep 1; done
+# RabbitMQ: start it detached if its node does not answer, then wait until the broker
+# application itself runs (the node answers pings while it is still booting).
+rabbit_running() { timeout 30 rabbitmq-diagnostics -q check_running >/dev/null 2>&1; }
+if ! rabbit_running; then
+  if ! timeout 15 rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    say "starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+  fi
+  for _ in $(seq 90); do rabbit_running && break; sleep 2; done
 fi
-rabbitmq-diagnostics -q ping >/dev/null 2>&1 || { say "RabbitMQ did not start"; exit 1; }
+rabbit_running || { say "RabbitMQ did not start"; exit 1; }
 
 # Python: uv, then the locked environment (every service gets the same versions).
 command -v uv >/dev/null || { say "installing uv"; python3 -m pip install -q --root-user-action=ignore uv; }

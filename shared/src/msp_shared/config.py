@@ -33,8 +33,13 @@ class ServiceSettings(BaseSettings):
         description="Topic exchange for domain events; queue names are prefixed by it, so a "
         "test run or a staging stack gets its own names on a shared broker.",
     )
+    bus_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum",
+        description="Queue type of consumer groups and DLQs: quorum in production (replicated, "
+        "delivery limit); classic only where a broker must host many short-lived test stacks.",
+    )
     bus_prefetch: int = Field(32, description="Unacknowledged messages per consumer.")
-    bus_max_retries: int = Field(5, description="Deliveries of a failing message before it is parked in the DLQ.")
+    bus_max_retries: int = Field(5, description="Retries of a failing message (after its first delivery) before it is parked in the DLQ.")
     bus_retry_delay_ms: int = Field(1000, description="First retry delay; doubles per retry.")
     identity_secret: SecretStr = Field(
         SecretStr(DEV_IDENTITY_SECRET),

@@ -126,7 +126,7 @@ class SessionsRevoked(EventData):
 class UserRegistered(EventData):
     TYPE = "auth.user.registered"
     user_id: uuid.UUID
-    practice_id: uuid.UUID
+    practice_id: uuid.UUID | None = None  # None: a recipient who belongs to no practice (a patient)
 
 
 @event
@@ -146,3 +146,39 @@ class SecureMailGranted(EventData):
 class SecureMailRevoked(EventData):
     TYPE = "billing.securemail.revoked"
     user_id: uuid.UUID
+
+
+@event
+class VerifyCodeSent(EventData):
+    """verify-service sent a 2-step code (ids only: never the code or the phone number)."""
+
+    TYPE = "verify.code.sent"
+    user_id: uuid.UUID
+    verification_id: uuid.UUID
+    purpose: str
+    channel: str
+
+
+@event
+class VerifyCodeChecked(EventData):
+    """A 2-step code was checked; outcome is "ok" or why it was refused."""
+
+    TYPE = "verify.code.checked"
+    user_id: uuid.UUID
+    verification_id: uuid.UUID
+    purpose: str
+    outcome: str
+
+
+@event
+class InvoicePaid(EventData):
+    """billing-service: a Stripe invoice for a SecureMail account was paid (ids and amounts
+    only), once per invoice, for reconciliation consumers."""
+
+    TYPE = "billing.invoice.paid"
+    invoice_id: str  # Stripe's in_...
+    subscription_id: str | None  # Stripe's sub_...
+    payer_id: uuid.UUID
+    user_id: uuid.UUID
+    amount_cents: int
+    currency: str

@@ -16,7 +16,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from . import db, identity
+from . import db, identity, telemetry
 from .clock import Clock, SystemClock
 from .config import ServiceSettings
 from .errors import ApiError
@@ -28,7 +28,7 @@ CLOCK = web.AppKey("clock", Clock)
 POOL = web.AppKey("pool", asyncpg.Pool)
 BUS = web.AppKey("bus", Any)  # msp_shared.bus.Bus; Any avoids importing aio-pika here
 READY_CHECKS = web.AppKey("ready_checks", list)
-IDENTITY = "msp.identity"  # request key: the verified gateway Identity
+IDENTITY = web.RequestKey("msp.identity", identity.Identity)  # the verified gateway Identity
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -153,7 +153,8 @@ def service_app(
     client_max_size: int = 1024 * 1024,
 ) -> web.Application:
     clock = clock or SystemClock()
-    middlewares: list = [error_middleware]
+    # tracing first: its SERVER span covers the error and identity middlewares too
+    middlewares: list = [telemetry.tracing_middleware, error_middleware]
     if check_identity:
         middlewares.append(identity_middleware(settings.identity_secret.get_secret_value().encode(), clock))
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)

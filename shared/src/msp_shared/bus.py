@@ -1,0 +1,459 @@
+"""The event bus: domain events on one RabbitMQ topic exchange, via aio-pika.
+
+One robust connection per process (it reconnects after a broker restart and re-declares
+the exchange, queues, bindings and consumers by itself), one confirmed channel for
+publishing and one channel for consuming.
+
+Topology per consumer group `g` on exchange `x`:
+
+    x (topic, durable) --type--> x.g           quorum queue shared by the group's replicas
+    x.g  --handler raised-->     x.g.retry.<ms> classic queue, TTL <ms>, dead-letters back to x.g
+    x.g  --retries used up-->    x.g.dlq        quorum queue nobody consumes: parked, not lost
+
+A failing message is re-published (confirmed) to the retry queue for its attempt, with the
+retry count in the `msp-retries` header, and only then acked; the delay doubles per retry
+(`retry_delay_ms * 2**retry`). One retry queue per delay, because a queue expires messages
+only at its head: mixing delays in one queue would hold short ones behind long ones. After
+`max_retries` retries the message is parked in the DLQ. The quorum queue also has its own
+delivery limit and dead-letter target, for messages that never reach our code's verdict
+(a consumer that dies mid-handler again and again).
+
+`per_replica=True` gives every replica its own exclusive, auto-delete queue, so every
+replica sees every event (the gateway evicting cached sessions). Such a queue has no retry
+queue: a failing handler is retried in process, then the message is parked in the group's
+DLQ like any other."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aiohttp import web
+from opentelemetry import propagate
+from pydantic import ValidationError
+
+from . import telemetry
+from .config import ServiceSettings
+from .events import Envelope
+from .web import BUS, READY_CHECKS, SETTINGS
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope], Awaitable[None]]
+
+RETRIES_HEADER = "msp-retries"  # retries already made of this message (absent on the first delivery)
+ERROR_HEADER = "msp-error"  # on parked messages: the exception type that parked it (never its text)
+GROUP_HEADER = "msp-group"  # on parked messages: the consumer group that gave up
+
+
+class BusNotConnected(RuntimeError):
+    """The broker connection is down (or was never opened)."""
+
+
+@dataclass
+class _Subscription:
+    group: str
+    types: tuple[str, ...]
+    handler: Handler
+    per_replica: bool
+    queue: AbstractQueue | None = None
+    consumer_tag: str | None = None
+    retry_queues: list[str] = field(default_factory=list)
+
+
+class Bus:
+    # Belt and braces: redeliveries a group's quorum queue allows before it dead-letters a
+    # message by itself (a handler that crashes its process, channels lost mid-handler). Our
+    # retry path acks, so it never counts here. A constant, not derived from settings: queue
+    # arguments cannot change once the queue exists.
+    delivery_limit = 20
+
+    def __init__(
+        self,
+        amqp_url: str,
+        exchange: str,
+        *,
+        service: str,
+        prefetch: int = 32,
+        max_retries: int = 5,
+        retry_delay_ms: int = 1000,
+        reconnect_interval: float = 1.0,
+        close_timeout: float = 10.0,
+        publish_timeout: float = 10.0,
+        queue_type: str = "quorum",
+    ) -> None:
+        if queue_type not in ("quorum", "classic"):
+            raise ValueError("queue_type is quorum or classic")
+        if max_retries < 0 or retry_delay_ms <= 0 or prefetch <= 0:
+            raise ValueError("prefetch and retry_delay_ms must be positive, max_retries not negative")
+        self.amqp_url = amqp_url
+        self.exchange_name = exchange
+        self.service = service
+        self.prefetch = prefetch
+        self.max_retries = max_retries
+        self.retry_delay_ms = retry_delay_ms
+        self.reconnect_interval = reconnect_interval
+        self.close_timeout = close_timeout
+        self.publish_timeout = publish_timeout
+        self.queue_type = queue_type
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._consume_channel: AbstractChannel | None = None
+        self._subscriptions: list[_Subscription] = []
+        self._started = False
+        self._closing = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> Bus:
+        return cls(
+            settings.amqp_url,
+            settings.bus_exchange,
+            service=settings.service_name,
+            prefetch=settings.bus_prefetch,
+            max_retries=settings.bus_max_retries,
+            retry_delay_ms=settings.bus_retry_delay_ms,
+            close_timeout=settings.shutdown_grace_seconds,
+            queue_type=settings.bus_queue_type,
+        )
+
+    # ---- names ------------------------------------------------------------------------
+
+    def queue_name(self, group: str) -> str:
+        return f"{self.exchange_name}.{group}"
+
+    def dlq_name(self, group: str) -> str:
+        return f"{self.exchange_name}.{group}.dlq"
+
+    def retry_delay(self, retry: int) -> int:
+        """Milliseconds to wait before retry number `retry` (0-based)."""
+        return self.retry_delay_ms * 2**retry
+
+    def retry_queue_name(self, group: str, retry: int) -> str:
+        # The delay is in the name: a changed setting declares new queues instead of
+        # clashing with the old queues' arguments.
+        return f"{self.exchange_name}.{group}.retry.{self.retry_delay(retry)}"
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._connection is not None:
+            return
+        connection = await aio_pika.connect_robust(
+            self.amqp_url,
+            reconnect_interval=self.reconnect_interval,
+            client_properties={"connection_name": self.service},
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            self._exchange = await channel.declare_exchange(
+                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+        self._publish_channel = channel
+
+    def subscribe(
+        self, group: str, types: Sequence[str], handler: Handler, *, per_replica: bool = False
+    ) -> None:
+        """Register `handler` for the event types (routing keys; topic patterns allowed).
+        Call before start(). The handler raises to have the message retried."""
+        if self._started:
+            raise RuntimeError("subscribe() before start()")
+        if isinstance(types, str):
+            types = [types]
+        if not types:
+            raise ValueError("subscribe to at least one event type")
+        self._subscriptions.append(_Subscription(group, tuple(types), handler, per_replica))
+
+    async def start(self) -> None:
+        """Declare every subscription's queues and bindings, then consume."""
+        await self.connect()
+        if self._started:
+            return
+        self._started = True
+        if not self._subscriptions:
+            return
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self.prefetch)
+        # Declared on this channel too, so a restored channel re-creates it before the bindings.
+        exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        self._consume_channel = channel
+        for sub in self._subscriptions:
+            await channel.declare_queue(
+                self.dlq_name(sub.group), durable=True, arguments={"x-queue-type": self.queue_type}
+            )
+            if sub.per_replica:
+                name = f"{self.queue_name(sub.group)}.replica.{uuid.uuid4().hex[:12]}"
+                queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            else:
+                arguments = {
+                    "x-queue-type": self.queue_type,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.dlq_name(sub.group),
+                }
+                if self.queue_type == "quorum":
+                    arguments["x-delivery-limit"] = self.delivery_limit
+                queue = await channel.declare_queue(self.queue_name(sub.group), durable=True, arguments=arguments)
+                for retry in range(self.max_retries):
+                    name = self.retry_queue_name(sub.group, retry)
+                    await channel.declare_queue(
+                        name,
+                        durable=True,
+                        arguments={
+                            "x-queue-type": "classic",
+                            "x-message-ttl": self.retry_delay(retry),
+                            # Back to this group's queue only, not to every group bound to the type.
+                            "x-dead-letter-exchange": "",
+                            "x-dead-letter-routing-key": self.queue_name(sub.group),
+                        },
+                    )
+                    sub.retry_queues.append(name)
+            for type_ in sub.types:
+                await queue.bind(exchange, routing_key=type_)
+            sub.queue = queue
+            sub.consumer_tag = await queue.consume(self._consumer(sub))
+
+    async def close(self) -> None:
+        """Stop taking messages, let in-flight handlers finish (bounded by close_timeout),
+        then close the connection. Unacked messages go back to the queue for another replica."""
+        if self._connection is None:
+            return
+        self._closing = True
+        for sub in self._subscriptions:
+            if sub.queue is not None and sub.consumer_tag is not None:
+                try:
+                    await asyncio.wait_for(sub.queue.cancel(sub.consumer_tag), timeout=2)
+                except Exception:  # the connection may already be gone; closing it below requeues anyway
+                    log.debug("consumer cancel failed", exc_info=True)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=self.close_timeout)
+        except TimeoutError:
+            log.warning("bus closing with handlers still running", extra={"inflight": self._inflight})
+        connection, self._connection = self._connection, None
+        self._exchange = self._publish_channel = self._consume_channel = None
+        await connection.close()
+
+    async def ping(self) -> None:
+        """Raise BusNotConnected unless the broker connection is up (readiness check)."""
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise BusNotConnected("no broker connection")
+
+    # ---- publishing -----------------------------------------------------------------------
+
+    async def publish(self, envelope: Envelope, *, timeout: float | None = None) -> None:
+        """Publish persistently and wait for the broker's confirm. Raises on nack, on a lost
+        connection or after `timeout`: the caller (the outbox relay) tries again later."""
+        if self._exchange is None:
+            raise BusNotConnected("connect() first")
+        with _producer_span(envelope, self.exchange_name):
+            headers: dict[str, Any] = {}
+            _inject(headers)
+            message = aio_pika.Message(
+                envelope.model_dump_json().encode(),
+                headers=headers,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(envelope.id),
+                timestamp=envelope.occurred_at,
+                type=envelope.type,
+                app_id=self.service,
+            )
+            async with asyncio.timeout(timeout or self.publish_timeout):
+                # mandatory=False: an event nobody subscribes to is not an error.
+                await self._exchange.publish(message, routing_key=envelope.type, mandatory=False)
+
+    async def _publish_to_queue(self, queue: str, message: AbstractIncomingMessage, headers: dict[str, Any]) -> None:
+        """Confirmed copy of a delivered message, straight to one queue (default exchange)."""
+        assert self._publish_channel is not None
+        copy = aio_pika.Message(
+            message.body,
+            headers={**_own_headers(message.headers), **headers},
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        async with asyncio.timeout(self.publish_timeout):
+            await self._publish_channel.default_exchange.publish(copy, routing_key=queue, mandatory=False)
+
+    # ---- consuming ----------------------------------------------------------------------
+
+    def _consumer(self, sub: _Subscription) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            if self._closing:
+                # Delivered while we shut down: hand it back for another replica.
+                with contextlib.suppress(Exception):  # a closed channel requeues it anyway
+                    await message.reject(requeue=True)
+                return
+            self._inflight += 1
+            self._idle.clear()
+            try:
+                await self._process(sub, message)
+            except Exception as exc:
+                # Typically the connection dropped before the ack/reject got out: the broker
+                # redelivers the message (and the inbox makes the repeat harmless).
+                log.warning("message not settled; the broker will redeliver it",
+                            extra={"group": sub.group, "error": type(exc).__name__})
+            finally:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.set()
+
+        return on_message
+
+    async def _process(self, sub: _Subscription, message: AbstractIncomingMessage) -> None:
+        # requeue=True on purpose: we only get here with an exception when the retry path
+        # itself failed (broker trouble) or we were cancelled; the message must come back.
+        # The handler's own failures are handled inside and end in an ack.
+        async with message.process(requeue=True):
+            retries = _retries(message)
+            try:
+                envelope = Envelope.model_validate_json(message.body)
+            except ValidationError:
+                log.error("unreadable event parked", extra={"group": sub.group, "message_id": message.message_id})
+                await self._park(sub, message, retries, "InvalidEnvelope")
+                return
+            if sub.per_replica:
+                await self._handle_in_process(sub, message, envelope)
+                return
+            try:
+                await self._call(sub, envelope, message)
+            except Exception as exc:
+                if retries < self.max_retries:
+                    log.warning(
+                        "event handler failed, will retry",
+                        extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
+                               "retry": retries + 1, "error": type(exc).__name__},
+                    )
+                    await self._publish_to_queue(
+                        self.retry_queue_name(sub.group, retries), message, {RETRIES_HEADER: retries + 1}
+                    )
+                else:
+                    log.error(
+                        "event handler failed, parked in the DLQ",
+                        extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
+                               "retries": retries, "error": type(exc).__name__},
+                    )
+                    await self._park(sub, message, retries, type(exc).__name__)
+
+    async def _handle_in_process(self, sub: _Subscription, message: AbstractIncomingMessage, envelope: Envelope) -> None:
+        retries = 0
+        while True:
+            try:
+                await self._call(sub, envelope, message)
+                return
+            except Exception as exc:
+                if retries >= self.max_retries or self._closing:
+                    log.error(
+                        "event handler failed, parked in the DLQ",
+                        extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
+                               "retries": retries, "error": type(exc).__name__},
+                    )
+                    await self._park(sub, message, retries, type(exc).__name__)
+                    return
+                await asyncio.sleep(self.retry_delay(retries) / 1000)
+                retries += 1
+
+    async def _park(self, sub: _Subscription, message: AbstractIncomingMessage, retries: int, error: str) -> None:
+        await self._publish_to_queue(
+            self.dlq_name(sub.group),
+            message,
+            {RETRIES_HEADER: retries, ERROR_HEADER: error, GROUP_HEADER: sub.group},
+        )
+
+    async def _call(self, sub: _Subscription, envelope: Envelope, message: AbstractIncomingMessage) -> None:
+        with _consumer_span(envelope, message.headers, sub.group):
+            await sub.handler(envelope)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+def _retries(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(RETRIES_HEADER, 0)
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _own_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """Headers worth copying onto a retried/parked message: ours and the trace context, not
+    the broker's bookkeeping (x-death, x-delivery-count...)."""
+    return {k: v for k, v in (headers or {}).items() if not k.startswith("x-")}
+
+
+# Tracing is telemetry.py's: it parents the PRODUCER span on the context the outbox stored
+# in Envelope.trace and the CONSUMER span on the AMQP headers. Looked up with getattr so
+# the bus works (propagating plain W3C context, without spans) if those helpers are absent.
+
+def _producer_span(envelope: Envelope, exchange: str) -> contextlib.AbstractContextManager:
+    span = getattr(telemetry, "producer_span", None)
+    return span(envelope, exchange=exchange) if span is not None else contextlib.nullcontext()
+
+
+def _consumer_span(envelope: Envelope, headers: dict[str, Any] | None, group: str) -> contextlib.AbstractContextManager:
+    span = getattr(telemetry, "consumer_span", None)
+    return span(envelope, headers, group=group) if span is not None else contextlib.nullcontext()
+
+
+def _inject(headers: dict[str, Any]) -> None:
+    inject = getattr(telemetry, "inject_amqp", None)
+    if inject is not None:
+        inject(headers)
+    else:
+        propagate.inject(headers)
+
+
+# ---- aiohttp wiring ------------------------------------------------------------------------
+
+Subscriber = Callable[[web.Application, Bus], Awaitable[None] | None]
+
+
+def bus_ctx(subscribe: Subscriber | None = None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Cleanup context owning the process's Bus: connect, store app[BUS], register the
+    "broker" readiness check, let `subscribe(app, bus)` add subscriptions, consume; on exit
+    finish in-flight messages and close. Append it after the pool's context (handlers use
+    the pool, and cleanup runs in reverse, so the bus drains before the pool closes)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        bus = Bus.from_settings(app[SETTINGS])
+        await bus.connect()
+        app[BUS] = bus
+        app[READY_CHECKS].append(("broker", bus.ping))
+        try:
+            if subscribe is not None:
+                result = subscribe(app, bus)
+                if inspect.isawaitable(result):
+                    await result
+            await bus.start()
+            yield
+        finally:
+            await bus.close()
+
+    return ctx
+
+
+__all__ = ["Bus", "BusNotConnected", "ERROR_HEADER", "GROUP_HEADER", "Handler", "RETRIES_HEADER", "bus_ctx"]

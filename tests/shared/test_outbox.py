@@ -1,0 +1,221 @@
+"""The transactional outbox and its relay on real PostgreSQL and RabbitMQ: commit wakes the
+relay, a rollback publishes nothing, a broker outage delays events without losing them,
+several relays never publish a row twice."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bus_testkit import (  # noqa: F401
+    DEMO_MIGRATION,
+    TcpProxy,
+    ThingHappened,
+    demo_pool,
+    effect_counts,
+    eventually,
+    make_bus,
+    record_effect,
+)
+from msp_shared import outbox
+from msp_shared.bus import Bus, bus_ctx
+from msp_shared.config import ServiceSettings
+from msp_shared.inbox import idempotent
+from msp_shared.outbox import OutboxRelay, outbox_relay_ctx
+from msp_shared.web import BUS, POOL, service_app
+
+TYPE = ThingHappened.TYPE
+
+
+async def _write(pool: asyncpg.Pool, *numbers: int) -> None:
+    """Each event in its own transaction, as a request handler would."""
+    for n in numbers:
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, ThingHappened(n=n))
+
+
+async def _effects_reach(pool: asyncpg.Pool, n: int) -> bool:
+    total, _ = await effect_counts(pool)
+    return total >= n
+
+
+@pytest.fixture
+async def relays() -> AsyncIterator[list[OutboxRelay]]:
+    started: list[OutboxRelay] = []
+    yield started
+    for relay in started:
+        await relay.stop()
+
+
+async def _consumer(make_bus: Callable[..., Bus], pool: asyncpg.Pool) -> Bus:
+    bus = make_bus()
+    bus.subscribe("effects", [TYPE], idempotent(pool, "demo", record_effect))
+    await bus.start()
+    return bus
+
+
+async def test_committed_events_are_published_and_marked(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    await _consumer(make_bus, demo_pool)
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo")
+    relays.append(relay)
+    await relay.start()
+
+    async with demo_pool.acquire() as conn, conn.transaction():
+        envelope = await outbox.add(conn, ThingHappened(n=1))
+    await eventually(lambda: _effects_reach(demo_pool, 1), what="the effect")
+
+    # Marked sent after the confirm (the consumer may be quicker than the relay's commit).
+    await eventually(
+        lambda: demo_pool.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1", envelope.id),
+        what="the row marked sent",
+    )
+    assert await demo_pool.fetchval("SELECT type FROM outbox WHERE id = $1", envelope.id) == TYPE
+    assert await demo_pool.fetchval("SELECT event_id FROM effects") == envelope.id
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    await _consumer(make_bus, demo_pool)
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo")
+    relays.append(relay)
+    await relay.start()
+
+    with pytest.raises(RuntimeError):
+        async with demo_pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, ThingHappened(n=666))
+            raise RuntimeError("the state change failed")
+    await _write(demo_pool, 1)
+
+    await eventually(lambda: _effects_reach(demo_pool, 1), what="the committed event")
+    await asyncio.sleep(0.2)
+    assert await demo_pool.fetchval("SELECT array_agg(n) FROM effects") == [1]
+    assert await demo_pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_events_written_while_the_broker_is_unreachable_arrive_once_it_is_back(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, amqp_url: str,
+    relays: list[OutboxRelay],
+) -> None:
+    await _consumer(make_bus, demo_pool)  # straight to the broker
+    proxy = TcpProxy("127.0.0.1", 5672)
+    await proxy.start()
+    publisher = make_bus(proxy.url_for(amqp_url))  # the relay reaches the broker only via the proxy
+    try:
+        await publisher.connect()
+        relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", max_backoff=0.5, publish_timeout=1)
+        relays.append(relay)
+        await relay.start()
+
+        await _write(demo_pool, *range(5))
+        await eventually(lambda: _effects_reach(demo_pool, 5), what="events before the outage")
+
+        await proxy.stop()  # the broker is gone for the relay
+        await eventually(lambda: _ping_fails(publisher), what="the bus to notice")
+        await _write(demo_pool, *range(5, 25))
+        # The relay tried and failed; nothing was marked sent, nothing was consumed.
+        await eventually(
+            lambda: demo_pool.fetchval("SELECT bool_or(attempts > 0) FROM outbox WHERE published_at IS NULL"),
+            what="a failed publish attempt",
+        )
+        assert await demo_pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 20
+        assert await effect_counts(demo_pool) == (5, 5)
+
+        await proxy.start()  # the broker is back, same address
+        await eventually(lambda: _effects_reach(demo_pool, 25), timeout=30, what="events after the outage")
+        await asyncio.sleep(0.3)  # room for a duplicate effect to show up
+        assert await effect_counts(demo_pool) == (25, 25)
+        assert sorted(await demo_pool.fetchval("SELECT array_agg(n) FROM effects")) == list(range(25))
+        assert await demo_pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+    finally:
+        for relay in relays:
+            await relay.stop()
+        await publisher.close()  # before the proxy goes, or it tries to reconnect through it
+        await proxy.stop()
+
+
+async def _ping_fails(bus: Bus) -> bool:
+    try:
+        await bus.ping()
+    except Exception:
+        return True
+    return False
+
+
+async def test_two_relays_never_publish_a_row_twice(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    deliveries: list[int] = []
+
+    async def count(envelope) -> None:  # noqa: ANN001
+        deliveries.append(envelope.data["n"])
+
+    consumer = make_bus()
+    consumer.subscribe("counter", [TYPE], count)
+    await consumer.start()
+    for _ in range(2):
+        publisher = make_bus()
+        await publisher.connect()
+        relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", batch_size=10)
+        relays.append(relay)
+        await relay.start()
+
+    await asyncio.gather(*(_write(demo_pool, *range(i, 200, 4)) for i in range(4)))
+    await eventually(lambda: asyncio.sleep(0, len(deliveries) >= 200), what="200 deliveries")
+    await asyncio.sleep(0.3)
+    assert sorted(deliveries) == list(range(200))  # no row published twice, none lost
+    assert sum(r.published for r in relays) == 200
+    assert await demo_pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+
+
+async def test_rows_left_from_before_the_relay_started_are_published(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    await _consumer(make_bus, demo_pool)
+    await _write(demo_pool, 1, 2, 3)  # nobody listening: the notifications are lost
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", poll_interval=60)
+    relays.append(relay)
+    await relay.start()
+    await eventually(lambda: _effects_reach(demo_pool, 3), what="the old rows")
+    assert await effect_counts(demo_pool) == (3, 3)
+
+
+async def test_a_service_app_wires_pool_bus_relay_and_readiness(base_env: dict, tmp_path: Path) -> None:
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    (migrations / "0001_effects.sql").write_text(DEMO_MIGRATION)
+    settings = ServiceSettings(**base_env, service_name="demo")
+
+    async def subscribe(app: web.Application, bus: Bus) -> None:
+        bus.subscribe("effects", [TYPE], idempotent(app[POOL], "demo", record_effect))
+
+    app = service_app(settings, schema="demo", migrations=migrations, check_identity=False)
+    app.cleanup_ctx.append(bus_ctx(subscribe))
+    app.cleanup_ctx.append(outbox_relay_ctx)
+
+    async with TestClient(TestServer(app)) as client:
+        ready = await client.get("/readyz")
+        assert ready.status == 200
+        pool = app[POOL]
+        await _write(pool, 41)
+        await eventually(lambda: _effects_reach(pool, 1), what="the effect")
+        assert await pool.fetchval("SELECT n FROM effects") == 41
+
+        bus = app[BUS]
+        await bus.close()  # the broker connection gone: not ready
+        not_ready = await client.get("/readyz")
+        assert not_ready.status == 503
+        assert (await not_ready.json())["problems"] == {"broker": "BusNotConnected"}
