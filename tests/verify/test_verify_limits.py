@@ -1,0 +1,76 @@
+"""Send limits (SMS pumping defence): per phone number, per user and per client IP, checked
+before anything is sent; refused sends reach no phone and are audited."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+from verify_helpers import Verify, phone
+
+Start = Callable[..., Awaitable[Verify]]
+LOOSE = {"send_limit_per_phone": 100, "send_limit_per_user": 100, "send_limit_per_ip": 100}
+
+
+async def test_sends_to_one_phone_are_limited_across_users_and_networks(start_verify: Start) -> None:
+    verify = await start_verify(**{**LOOSE, "send_limit_per_phone": 3, "send_window_seconds": 3600})
+    target = phone(201)
+    for n in range(3):
+        reply = await verify.send(verify.ticket(uuid.uuid4(), target), ip=f"198.51.100.{n}")
+        assert reply.status == 201, reply.body
+    refused = await verify.send(verify.ticket(uuid.uuid4(), target), ip="198.51.100.50")
+    assert refused.status == 429 and refused.body["error"] == "too_many_codes_for_phone"
+    assert refused.body["details"]["retry_after"] == 3600
+    assert len(verify.sms()) == 3
+    # Another number is not affected; the limit lifts when the window has passed.
+    assert (await verify.send(verify.ticket(uuid.uuid4(), phone(202)))).status == 201
+    verify.clock.advance(seconds=3601)
+    assert (await verify.send(verify.ticket(uuid.uuid4(), target))).status == 201
+
+
+async def test_sends_for_one_user_are_limited_across_numbers(start_verify: Start) -> None:
+    verify = await start_verify(**{**LOOSE, "send_limit_per_user": 2})
+    user = uuid.uuid4()
+    assert (await verify.send(verify.ticket(user, phone(203), "phone_change"))).status == 201
+    verify.clock.advance(seconds=31)
+    assert (await verify.send(verify.ticket(user, phone(204), "phone_change"), ip="198.51.100.77")).status == 201
+    verify.clock.advance(seconds=31)
+    refused = await verify.send(verify.ticket(user, phone(205), "password_reset"), ip="198.51.100.78")
+    assert refused.status == 429 and refused.body["error"] == "too_many_codes_for_user"
+    assert 0 < refused.body["details"]["retry_after"] <= 3600
+    assert len(verify.sms()) == 2
+
+
+async def test_sends_from_one_ip_are_limited_across_users_and_numbers(start_verify: Start) -> None:
+    verify = await start_verify(**{**LOOSE, "send_limit_per_ip": 2})
+    for n in range(2):
+        assert (await verify.send(verify.ticket(uuid.uuid4(), phone(206 + n)), ip="192.0.2.1")).status == 201
+    refused = await verify.send(verify.ticket(uuid.uuid4(), phone(208)), ip="192.0.2.1")
+    assert refused.status == 429 and refused.body["error"] == "too_many_codes_from_ip"
+    assert (await verify.send(verify.ticket(uuid.uuid4(), phone(208)), ip="192.0.2.2")).status == 201
+    assert [line["to"] for line in verify.sms()] == [phone(206), phone(207), phone(208)]
+
+
+async def test_a_burst_of_parallel_sends_cannot_slip_past_the_limit(start_verify: Start) -> None:
+    verify = await start_verify(**{**LOOSE, "send_limit_per_phone": 3})
+    replies = await asyncio.gather(
+        *(verify.send(verify.ticket(uuid.uuid4(), phone(209)), ip=f"198.51.100.{n}") for n in range(10))
+    )
+    assert sorted(r.status for r in replies) == [201] * 3 + [429] * 7
+    assert len(verify.sms()) == 3
+
+
+async def test_refused_sends_are_audited(start_verify: Start) -> None:
+    verify = await start_verify(**{**LOOSE, "send_limit_per_ip": 1})
+    user = uuid.uuid4()
+    await verify.send(verify.ticket(uuid.uuid4(), phone(210)), ip="192.0.2.9")
+    await verify.send(verify.ticket(user, phone(211)), ip="192.0.2.9")
+    conn = await verify.db()
+    try:
+        row = await conn.fetchrow("SELECT * FROM audit WHERE user_id = $1", user)
+        assert (row["action"], row["outcome"], row["ip"], row["phone_hint"]) == (
+            "code.sent", "too_many_codes_from_ip", "192.0.2.9", "11"
+        )
+        assert row["verification_id"] is None
+    finally:
+        await conn.close()

@@ -1,0 +1,28 @@
+"""Phone numbers: validated and normalised to E.164 with `phonenumbers`. Pure: no I/O."""
+from __future__ import annotations
+
+import phonenumbers
+
+
+class InvalidPhone(ValueError):
+    pass
+
+
+def normalise(raw: str) -> str:
+    """E.164 form of an international number ('+' and country code required), or InvalidPhone."""
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidPhone("not a phone number in international format") from exc
+    if number.extension:
+        raise InvalidPhone("numbers with an extension cannot receive codes")
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidPhone("not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def hint(e164: str) -> str:
+    """At most the last two digits: enough for a person to recognise their number in an
+    audit line, useless to anyone else."""
+    digits = [c for c in e164 if c.isdigit()]
+    return "".join(digits[-2:])
