@@ -1,0 +1,133 @@
+"""POST /billing/webhooks/stripe: Stripe calls it directly (no gateway, no identity header).
+
+Trust comes from the Stripe-Signature over the raw body (the SDK's construct_event, 300 s
+tolerance). Webhooks arrive late, twice and out of order, so:
+- each event id is applied once (stripe_events row written in the effect's transaction);
+- facts are idempotent and monotonic: a subscription is granted once, 'canceled' is terminal
+  (a "deleted" arriving before "created" leaves a canceled tombstone that "created" cannot
+  revive), an invoice is charged once, whether the API or the webhook saw it first."""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import stripe
+from aiohttp import web
+
+from msp_shared.errors import ApiError
+from msp_shared.web import CLOCK, POOL
+
+from . import accounting, store
+from .keys import PAYMENTS
+
+log = logging.getLogger(__name__)
+
+PATH = "/billing/webhooks/stripe"
+MAX_BODY = 256 * 1024
+
+
+def _ids(metadata: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """(payer, user, practice) from our subscription metadata; None for foreign objects."""
+    try:
+        payer, user = str(uuid.UUID(metadata["payer_id"])), str(uuid.UUID(metadata["user_id"]))
+        practice = str(uuid.UUID(metadata["practice_id"])) if metadata.get("practice_id") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return payer, user, practice
+
+
+def _amount(sub: dict[str, Any]) -> tuple[int, str]:
+    items = (sub.get("items") or {}).get("data") or []
+    total = sum(int((i.get("price") or {}).get("unit_amount") or 0) * int(i.get("quantity") or 1) for i in items)
+    return total, str(sub.get("currency") or "")
+
+
+async def _subscription_created(conn: Any, sub: dict[str, Any], at: datetime) -> None:
+    ids = _ids(sub.get("metadata") or {})
+    if ids is None:
+        return
+    if sub.get("status") in ("canceled", "incomplete_expired"):
+        await _subscription_deleted(conn, sub, at)
+        return
+    if sub.get("status") not in ("active", "trialing"):
+        return
+    amount, currency = _amount(sub)
+    await accounting.grant(conn, stripe_id=sub["id"], payer_id=ids[0], user_id=ids[1], practice_id=ids[2],
+                           amount_cents=amount, currency=currency, at=at)
+
+
+async def _subscription_deleted(conn: Any, sub: dict[str, Any], at: datetime) -> None:
+    if await accounting.revoke(conn, stripe_id=sub["id"], at=at) is not None:
+        return
+    ids = _ids(sub.get("metadata") or {})
+    if ids is not None:
+        amount, currency = _amount(sub)
+        await store.insert_canceled_subscription(conn, stripe_id=sub["id"], payer_id=ids[0], user_id=ids[1],
+                                                 practice_id=ids[2], amount_cents=amount, currency=currency, at=at)
+
+
+async def _invoice_paid(conn: Any, invoice: dict[str, Any], at: datetime) -> None:
+    sub_id, metadata = accounting.invoice_subscription(invoice)
+    known = await store.subscription(conn, sub_id) if sub_id else None
+    if known is not None:
+        payer, user = str(known["payer_id"]), str(known["user_id"])
+    elif (ids := _ids(metadata)) is not None:
+        payer, user = ids[0], ids[1]
+    else:
+        return
+    await accounting.charge(conn, invoice, payer_id=payer, user_id=user, at=at)
+
+
+HANDLERS = {
+    "customer.subscription.created": _subscription_created,
+    "customer.subscription.deleted": _subscription_deleted,
+    "invoice.paid": _invoice_paid,
+}
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "too_large", "The request body is too large.")
+    payload = await request.content.read(MAX_BODY + 1)
+    if len(payload) > MAX_BODY:
+        raise ApiError(413, "too_large", "The request body is too large.")
+    try:
+        event = request.app[PAYMENTS].construct_event(payload, request.headers.get("Stripe-Signature"))
+    except stripe.SignatureVerificationError:
+        log.warning("stripe webhook refused: bad signature")
+        raise ApiError(400, "invalid_signature", "The webhook signature is invalid or too old.") from None
+    except ValueError:
+        raise ApiError(400, "invalid_payload", "The webhook body is not a Stripe event.") from None
+
+    data = event.to_dict()
+    if not isinstance(data.get("id"), str) or not isinstance(data.get("type"), str):
+        raise ApiError(400, "invalid_payload", "The webhook body is not a Stripe event.")
+    obj = (data.get("data") or {}).get("object") or {}
+    now = request.app[CLOCK].now()
+    created = datetime.fromtimestamp(int(data.get("created") or now.timestamp()), timezone.utc)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        if not await store.first_delivery(conn, data["id"], data.get("type", ""), created, now):
+            return web.json_response({"received": True, "duplicate": True})
+        handler = HANDLERS.get(data.get("type", ""))
+        if handler is not None and obj.get("id"):
+            await handler(conn, obj, now)
+    log.info("stripe webhook applied", extra={"event_id": data["id"], "type": data.get("type")})
+    return web.json_response({"received": True})
+
+
+def exempt_from_identity(identity_check: Any) -> Any:
+    """Wrap the shared identity middleware so exactly this path skips it (Stripe has no
+    gateway identity); every other path still needs one."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == PATH and request.method == "POST":
+            return await handler(request)
+        return await identity_check(request, handler)
+
+    return middleware
+
+
+__all__ = ["PATH", "exempt_from_identity", "stripe_webhook"]

@@ -1,0 +1,143 @@
+"""Helpers for billing-service tests: the local Stripe server and billing-service served on
+real sockets, gateway identity headers, a bus observer, and Stripe-signed webhook bodies."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from msp_shared import identity
+from msp_shared.bus import Bus
+from msp_shared.clock import ManualClock
+from msp_shared.events import Envelope, UserRegistered, make_envelope
+
+from msp_billing.stripe_local import StripeState
+
+UM = ("user_manager",)
+API_KEY = "sk_test_billing_suite"
+WEBHOOK_SECRET = "whsec_billing_suite"
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll until truthy; the bound is generous for a slow machine, not a timing assertion."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class User:
+    id: str
+    practice_id: str
+    roles: tuple[str, ...] = ()
+
+
+def new_user(practice_id: str | None = None, roles: tuple[str, ...] = ()) -> User:
+    return User(str(uuid.uuid4()), practice_id or str(uuid.uuid4()), roles)
+
+
+@dataclass
+class Billing:
+    url: str
+    secret: bytes
+    clock: ManualClock
+    http: aiohttp.ClientSession
+    pool: asyncpg.Pool  # a pool on the billing schema, for checks
+    stripe: StripeState
+    stripe_url: str
+    webhook_secret: str
+    bus: Bus
+    seen: list[Envelope] = field(default_factory=list)
+
+    def header(self, user: User | None, method: str, path: str, **extra: Any) -> dict[str, str]:
+        if user is None:
+            return {}
+        ident = identity.Identity(user_id=user.id, practice_id=user.practice_id, roles=user.roles,
+                                  session_id="s-" + user.id[:8], ip="203.0.113.7", extra=extra)
+        return {identity.HEADER: identity.sign(ident, secret=self.secret, method=method, path=path,
+                                               now=self.clock.now().timestamp(), ttl=30)}
+
+    async def call(self, method: str, path: str, user: User | None, body: Any = None,
+                   headers: dict[str, str] | None = None, **extra: Any) -> tuple[int, Any]:
+        hdrs = {**self.header(user, method, path, **extra), **(headers or {})}
+        async with self.http.request(method, self.url + path, json=body, headers=hdrs) as resp:
+            return resp.status, await resp.json()
+
+    async def register(self, user: User) -> None:
+        """auth-service's announcement, as it arrives on the bus; wait until billing has it."""
+        await self.bus.publish(make_envelope(UserRegistered(user_id=user.id, practice_id=user.practice_id)))
+        await eventually(lambda: self.pool.fetchval("SELECT true FROM practice_users WHERE user_id = $1",
+                                                    uuid.UUID(user.id)), what="user registered in billing")
+
+    async def set_card(self, user: User, token: str = "tok_visa", email: str | None = "um@example.test") -> Any:
+        status, body = await self.call("PUT", "/billing/card", user, {"payment_method_token": token, "email": email})
+        assert status == 200, body
+        return body
+
+    async def outbox(self, type_: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT envelope FROM outbox WHERE type = $1 ORDER BY created_at", type_)
+        return [json.loads(r["envelope"]) for r in rows]
+
+    def seen_of(self, type_: str) -> list[Envelope]:
+        return [e for e in self.seen if e.type == type_]
+
+    def stripe_subscriptions(self, **metadata: str) -> list[dict[str, Any]]:
+        return [s for s in self.stripe.objects["subscription"].values()
+                if all(s["metadata"].get(k) == v for k, v in metadata.items())]
+
+    async def webhook(self, event: dict[str, Any], *, secret: str | None = None, timestamp: int | None = None,
+                      signature: str | None = None) -> tuple[int, Any]:
+        payload = json.dumps(event)
+        if signature is None:
+            signature = stripe_signature(payload, secret or self.webhook_secret, timestamp or int(time.time()))
+        async with self.http.post(self.url + "/billing/webhooks/stripe", data=payload.encode(),
+                                  headers={"Stripe-Signature": signature,
+                                           "Content-Type": "application/json"}) as resp:
+            return resp.status, await resp.json()
+
+
+def stripe_signature(payload: str, secret: str, timestamp: int) -> str:
+    """Stripe's scheme, computed here independently of the server under test."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def stripe_event(type_: str, obj: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
+    return {"id": event_id or f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "api_version": "2025-01-01",
+            "created": int(time.time()), "data": {"object": obj}, "livemode": False, "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None}, "type": type_}
+
+
+def subscription_object(sub_id: str, payer: User, user: User, status: str = "active") -> dict[str, Any]:
+    return {"id": sub_id, "object": "subscription", "customer": "cus_x", "status": status, "currency": "usd",
+            "created": int(time.time()),
+            "metadata": {"payer_id": payer.id, "user_id": user.id, "practice_id": payer.practice_id},
+            "items": {"object": "list", "has_more": False, "url": "/v1/subscription_items",
+                      "data": [{"id": "si_x", "object": "subscription_item", "quantity": 1,
+                                "price": {"id": "price_x", "object": "price", "unit_amount": 1000,
+                                          "currency": "usd"}}]}}
