@@ -1,0 +1,143 @@
+"""Server-side sessions: the PostgreSQL rows (store.py) behind a small per-process cache.
+
+Per request the cost is one SHA-256 and a dict lookup. A replica trusts its cached copy for
+`session_cache_seconds` (a logout on another replica is seen within that time; revocations
+are broadcast to every replica at once), keeps the exact last activity in memory, and writes
+last_seen_at to PostgreSQL at most every `session_touch_seconds`. That write also notices a
+row deleted elsewhere. Idle expiry is therefore exact on the replica that served the last
+request, and at most one touch interval early (never late) on another replica."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from . import store
+from .session_rules import SessionPolicy, ended, needs_touch
+from .store import SessionRow
+
+MAX_CACHED = 100_000
+
+
+def token_hash(cookie_value: str) -> bytes:
+    return hashlib.sha256(cookie_value.encode()).digest()
+
+
+@dataclass
+class Session:
+    row: SessionRow
+    last_seen_at: datetime  # latest activity this replica knows of
+    persisted_at: datetime  # last_seen_at as written to PostgreSQL
+    loaded_at: float  # time.monotonic() of the database read (cache freshness only)
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.row.user_id
+
+
+class BadGrant(ValueError):
+    """auth-service answered a grant the gateway cannot use."""
+
+
+class SessionManager:
+    def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy, *, cache_seconds: float) -> None:
+        self._pool = pool
+        self._policy = policy
+        self._cache_seconds = cache_seconds
+        self._cache: dict[bytes, Session] = {}
+        self._generation = 0  # bumped by every revocation: a read racing one is not cached
+
+    @property
+    def policy(self) -> SessionPolicy:
+        return self._policy
+
+    async def resolve(self, cookie_value: str, now: datetime) -> tuple[Session | None, str | None]:
+        """The live session for a cookie and records the activity, or (None, why)."""
+        key = token_hash(cookie_value)
+        session = self._cache.get(key)
+        if session is None or time.monotonic() - session.loaded_at > self._cache_seconds:
+            generation = self._generation
+            row = await store.get_session(self._pool, key)
+            if row is None:
+                self._cache.pop(key, None)
+                return None, "unknown"
+            last_seen = max(row.last_seen_at, session.last_seen_at) if session else row.last_seen_at
+            session = Session(row, last_seen, row.last_seen_at, time.monotonic())
+            if generation == self._generation:
+                if len(self._cache) >= MAX_CACHED:
+                    self._cache.clear()  # safety valve; the database has everything
+                self._cache[key] = session
+        why = ended(self._policy, created_at=session.row.created_at, last_seen_at=session.last_seen_at, now=now)
+        if why:
+            await self.end(key)
+            return None, why
+        if now > session.last_seen_at:
+            session.last_seen_at = now
+        if needs_touch(self._policy, persisted_last_seen_at=session.persisted_at, now=now):
+            if not await store.touch_session(self._pool, key, now):
+                self._cache.pop(key, None)
+                return None, "unknown"
+            session.persisted_at = now
+        return session, None
+
+    async def create(self, grant: dict, now: datetime, *, client_ip: str | None, user_agent: str | None) -> tuple[str, Session]:
+        """A new session for a grant from auth-service; returns (cookie value, session)."""
+        try:
+            user_id = uuid.UUID(str(grant["user_id"]))
+            practice_id = uuid.UUID(str(grant["practice_id"])) if grant.get("practice_id") else None
+            roles = tuple(str(r) for r in grant.get("roles") or ())
+            restriction = grant.get("restriction")
+            if restriction is not None and not isinstance(restriction, str):
+                raise TypeError("restriction")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadGrant(str(exc)) from exc
+        cookie_value = secrets.token_urlsafe(32)
+        row = SessionRow(
+            token_hash=token_hash(cookie_value),
+            id=uuid.uuid4(),
+            user_id=user_id,
+            practice_id=practice_id,
+            roles=roles,
+            restriction=restriction,
+            created_at=now,
+            last_seen_at=now,
+        )
+        row.created_wall = await store.insert_session(self._pool, row, client_ip=client_ip, user_agent=user_agent)
+        session = Session(row, now, now, time.monotonic())
+        self._cache[row.token_hash] = session
+        return cookie_value, session
+
+    async def end(self, key: bytes) -> None:
+        self._cache.pop(key, None)
+        await store.delete_session(self._pool, key)
+
+    async def end_cookie(self, cookie_value: str) -> None:
+        await self.end(token_hash(cookie_value))
+
+    async def revoke_user(self, user_id: uuid.UUID, *, created_before: datetime) -> int:
+        """End every session of a user that existed at `created_before` (real time, the
+        revocation's occurred_at), in the database and in this replica's cache.
+
+        The bound matters: auth-service revokes and grants a fresh session in one answer (password
+        change or reset), and the event may arrive after the gateway made that new session."""
+        self._generation += 1
+        for key, s in list(self._cache.items()):
+            if s.row.user_id == user_id and (s.row.created_wall is None or s.row.created_wall <= created_before):
+                del self._cache[key]
+        return await store.delete_user_sessions(self._pool, user_id, created_before=created_before)
+
+    async def purge(self, now: datetime) -> int:
+        for key in [k for k, s in self._cache.items() if ended(self._policy, created_at=s.row.created_at, last_seen_at=s.last_seen_at, now=now)]:
+            del self._cache[key]
+        # Rows idle past the limit as far as the database knows; a replica holding newer
+        # activity for a row has written it within touch_every, so the margin keeps it.
+        return await store.purge_expired(
+            self._pool,
+            idle_cutoff=now - self._policy.idle - self._policy.touch_every,
+            absolute_cutoff=now - self._policy.absolute,
+        )

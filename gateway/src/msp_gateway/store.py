@@ -1,0 +1,106 @@
+"""All of the gateway's SQL: sessions and the shared rate-limit log (schema `gateway`)."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from .ratelimit import retry_after
+
+
+@dataclass
+class SessionRow:
+    token_hash: bytes
+    id: uuid.UUID
+    user_id: uuid.UUID
+    practice_id: uuid.UUID | None
+    roles: tuple[str, ...]
+    restriction: str | None
+    created_at: datetime
+    last_seen_at: datetime
+    created_wall: datetime | None = None  # set by the database on insert
+
+
+_COLUMNS = "token_hash, id, user_id, practice_id, roles, restriction, created_at, last_seen_at"
+
+
+def _row(record: asyncpg.Record) -> SessionRow:
+    return SessionRow(
+        token_hash=record["token_hash"],
+        id=record["id"],
+        user_id=record["user_id"],
+        practice_id=record["practice_id"],
+        roles=tuple(record["roles"]),
+        restriction=record["restriction"],
+        created_at=record["created_at"],
+        last_seen_at=record["last_seen_at"],
+        created_wall=record["created_wall"],
+    )
+
+
+async def insert_session(pool: asyncpg.Pool, row: SessionRow, *, client_ip: str | None, user_agent: str | None) -> datetime:
+    """Store a new session; returns its created_wall."""
+    return await pool.fetchval(
+        f"INSERT INTO sessions ({_COLUMNS}, client_ip, user_agent) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+        " RETURNING created_wall",
+        row.token_hash, row.id, row.user_id, row.practice_id, list(row.roles), row.restriction,
+        row.created_at, row.last_seen_at, client_ip, (user_agent or "")[:200] or None,
+    )
+
+
+async def get_session(pool: asyncpg.Pool, token_hash: bytes) -> SessionRow | None:
+    record = await pool.fetchrow(f"SELECT {_COLUMNS}, created_wall FROM sessions WHERE token_hash = $1", token_hash)
+    return _row(record) if record else None
+
+
+async def touch_session(pool: asyncpg.Pool, token_hash: bytes, at: datetime) -> bool:
+    """Move last_seen_at forward; False when the row is gone (logged out elsewhere, revoked)."""
+    status = await pool.execute(
+        "UPDATE sessions SET last_seen_at = greatest(last_seen_at, $2) WHERE token_hash = $1", token_hash, at
+    )
+    return status != "UPDATE 0"
+
+
+async def delete_session(pool: asyncpg.Pool, token_hash: bytes) -> None:
+    await pool.execute("DELETE FROM sessions WHERE token_hash = $1", token_hash)
+
+
+async def delete_user_sessions(pool: asyncpg.Pool, user_id: uuid.UUID, *, created_before: datetime) -> int:
+    """End a user's sessions that existed at `created_before` (real time): a session granted
+    after the revocation (the new one after a password change) stays."""
+    status = await pool.execute(
+        "DELETE FROM sessions WHERE user_id = $1 AND created_wall <= $2", user_id, created_before
+    )
+    return int(status.split()[-1])
+
+
+async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_cutoff: datetime) -> int:
+    status = await pool.execute(
+        "DELETE FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2", idle_cutoff, absolute_cutoff
+    )
+    return int(status.split()[-1])
+
+
+class PostgresRateStore:
+    """Sliding-window log in PostgreSQL, shared by replicas. An advisory lock per key makes
+    count-then-insert exact under concurrency."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def hit(self, key: str, *, limit: int, window: timedelta, now: datetime) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(at) AS oldest FROM rate_hits WHERE key = $1 AND at > $2",
+                key, now - window,
+            )
+            if row["n"] >= limit:
+                return retry_after(row["oldest"], window, now)
+            await conn.execute("INSERT INTO rate_hits (key, at) VALUES ($1, $2)", key, now)
+            return 0
+
+    async def purge(self, now: datetime, window: timedelta) -> None:
+        await self._pool.execute("DELETE FROM rate_hits WHERE at <= $1", now - window)
