@@ -1,0 +1,92 @@
+"""The auth-service app factory: no import-time side effects, no globals; tests build the
+same app with a ManualClock and a test database."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from msp_shared.bus import bus_ctx
+from msp_shared.clock import Clock
+from msp_shared.errors import ApiError
+from msp_shared.outbox import outbox_relay_ctx
+from msp_shared.seal import Sealer
+from msp_shared.web import IDENTITY, service_app
+
+from . import blocklist, handlers, http, manage, profile, recipients, seed
+from .accounts import PASSWORD_EXPIRED, VERIFICATION_REQUIRED
+from .config import AuthSettings
+from .hashing import Argon2Params, Hasher
+from .keys import AUTH_SETTINGS, BLOCKLIST, HASHER, SEALER
+from .tasks import expiry_warnings_ctx
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+# What a restricted session may still do (the gateway forwards the session's restriction in
+# Identity.extra["restriction"]); everything else answers 403 with the restriction as code.
+ALLOWED_WHEN_RESTRICTED: dict[str, frozenset[tuple[str, str]]] = {
+    PASSWORD_EXPIRED: frozenset({("GET", "/me"), ("POST", "/me/password")}),
+    VERIFICATION_REQUIRED: frozenset({
+        ("GET", "/me"), ("POST", "/me/verification"), ("POST", "/me/verification/ticket"),
+        ("POST", "/registrations/verify"),
+    }),
+}
+RESTRICTION_MESSAGES = {
+    PASSWORD_EXPIRED: "Your password has expired. Choose a new one to continue.",
+    VERIFICATION_REQUIRED: "Confirm your phone number with the code we send you to continue.",
+}
+
+
+@web.middleware
+async def restriction_middleware(request: web.Request, handler):  # noqa: ANN001, ANN201
+    ident = request.get(IDENTITY)
+    restriction = ident.extra.get("restriction") if ident is not None and ident.authenticated else None
+    if restriction:
+        allowed = ALLOWED_WHEN_RESTRICTED.get(restriction, frozenset({("GET", "/me")}))  # unknown: fail closed
+        if (request.method, request.path) not in allowed:
+            raise ApiError(403, restriction, RESTRICTION_MESSAGES.get(restriction, "This session cannot do that yet."))
+    return await handler(request)
+
+
+async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The password-hashing process pool, started before the first request."""
+    settings = app[AUTH_SETTINGS]
+    hasher = Hasher(
+        Argon2Params(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            hash_len=settings.argon2_hash_len,
+            salt_len=settings.argon2_salt_len,
+        ),
+        workers=settings.hash_workers,
+    )
+    try:
+        await hasher.start()
+        app[HASHER] = hasher
+        yield
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, hasher.close)
+
+
+def create_app(settings: AuthSettings | None = None, *, clock: Clock | None = None) -> web.Application:
+    settings = settings or AuthSettings()
+    app = service_app(settings, schema="auth", migrations=MIGRATIONS, clock=clock)
+    app[AUTH_SETTINGS] = settings
+    app[SEALER] = Sealer(settings.seal_key.get_secret_value())
+    app[BLOCKLIST] = blocklist.load(settings.common_passwords_file)
+    app.middlewares.append(restriction_middleware)
+    # Cleanup contexts run in this order and close in reverse: pool (service_app), hasher,
+    # seeded Support account, bus, outbox relay, periodic expiry warnings.
+    app.cleanup_ctx.append(hasher_ctx)
+    app.cleanup_ctx.append(seed.seed_ctx)
+    app.cleanup_ctx.append(bus_ctx(handlers.subscribe))
+    app.cleanup_ctx.append(outbox_relay_ctx)
+    app.cleanup_ctx.append(expiry_warnings_ctx)
+    http.add_routes(app)
+    profile.add_routes(app)
+    manage.add_routes(app)
+    recipients.add_routes(app)  # /internal/recipients, for mail-service
+    return app

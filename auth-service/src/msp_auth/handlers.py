@@ -1,0 +1,52 @@
+"""Events auth-service consumes (group "auth", idempotent inbox: a redelivered event changes
+nothing):
+
+- billing.securemail.granted / revoked -> users.securemail_paid (the "paid" column of
+  Manage Users), and an audit row (a purchase is a security event);
+- verify.code.sent / verify.code.checked -> audit rows, so the one audit trail Support reads
+  shows 2-step codes sent and checked (ids, purpose, channel, outcome; never code or number)."""
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from msp_shared.events import Envelope, SecureMailGranted, SecureMailRevoked, VerifyCodeChecked, VerifyCodeSent
+from msp_shared.inbox import idempotent
+from msp_shared.web import POOL
+
+from . import store
+
+GROUP = "auth"
+
+
+async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+    data = envelope.payload()
+    at = envelope.occurred_at
+    if isinstance(data, (SecureMailGranted, SecureMailRevoked)):
+        granted = isinstance(data, SecureMailGranted)
+        user = await store.get_user(conn, data.user_id, for_update=True)
+        if user is None:
+            return  # not ours (or gone): nothing to mark
+        await store.update_user(conn, user["id"], {"securemail_paid": granted}, at)
+        await store.audit(
+            conn, at=at, action="securemail_granted" if granted else "securemail_revoked",
+            actor_id=data.paid_by if granted else None, subject_id=user["id"], practice_id=user["practice_id"],
+            details={"event_id": str(envelope.id)},
+        )
+    elif isinstance(data, VerifyCodeSent):
+        await store.audit(
+            conn, at=at, action="verification_code_sent", actor_id=data.user_id, subject_id=data.user_id,
+            details={"purpose": data.purpose, "channel": data.channel, "verification_id": str(data.verification_id)},
+        )
+    elif isinstance(data, VerifyCodeChecked):
+        await store.audit(
+            conn, at=at, action="verification_code_checked", outcome=data.outcome, actor_id=data.user_id,
+            subject_id=data.user_id, details={"purpose": data.purpose, "verification_id": str(data.verification_id)},
+        )
+
+
+def subscribe(app: web.Application, bus: Any) -> None:
+    types = [SecureMailGranted.TYPE, SecureMailRevoked.TYPE, VerifyCodeSent.TYPE, VerifyCodeChecked.TYPE]
+    bus.subscribe(GROUP, types, idempotent(app[POOL], GROUP, handle))

@@ -1,0 +1,422 @@
+"""HTTP handlers for signing in and everything a user does for themselves: login, forgot and
+reset password, change password, invitations and registration (with 2-step), profile.
+
+Routes have no /api/v1 prefix: the gateway maps /api/v1/<path> here. Anonymous routes still
+need the gateway's (anonymous) identity header, which carries the client's ip for the audit."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from msp_shared import outbox
+from msp_shared.errors import ApiError
+from msp_shared.events import UserLocked, UserRegistered
+from msp_shared.mailer import request_email
+from msp_shared.web import read_model, require_user
+
+from . import lockout, phones, policy, store, tokens
+from .accounts import (
+    PASSWORD_RESET, REGISTRATION, SERVICE, Ctx, check_proof, consume_proof, ctx, password_violations, public_user,
+    refuse, revoke_sessions, rules, session_answer, two_step_applies, verification,
+)
+
+INVALID_CREDENTIALS = ApiError(401, "invalid_credentials", "The email or password is not right.")
+ACCOUNT_LOCKED = ApiError(
+    423, "account_locked",
+    "Your account is locked after too many unsuccessful attempts. Reset your password to unlock it.",
+)
+RESET_REQUIRED = ApiError(
+    423, "password_reset_required", "Your account was unlocked; choose a new password with \"Forgot password\" to sign in."
+)
+RESET_LINK_INVALID = ApiError(404, "reset_link_invalid", "This password reset link is invalid, used or expired. Ask for a new one.")
+INVITATION_INVALID = ApiError(404, "invitation_invalid", "This invitation link is invalid, used or expired. Ask for a new one.")
+FORGOT_ANSWER = {"message": "If an account uses this address, we have sent it a link to reset the password."}
+
+EMAIL = Field(min_length=3, max_length=320)
+PASSWORD = Field(min_length=1, max_length=1024)  # the policy reports the real limits; this bounds the work
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class LoginIn(Model):
+    email: str = EMAIL
+    password: str = PASSWORD
+
+
+class ForgotIn(Model):
+    email: str = EMAIL
+
+
+class TokenIn(Model):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class ResetIn(Model):
+    token: str = Field(min_length=1, max_length=200)
+    password: str = PASSWORD
+    proof: str | None = Field(None, max_length=4096)
+
+
+class ChangePasswordIn(Model):
+    current_password: str = PASSWORD
+    new_password: str = PASSWORD
+
+
+class RegistrationIn(Model):
+    token: str = Field(min_length=1, max_length=200)
+    first_name: str = Field(min_length=1, max_length=100)
+    last_name: str = Field(min_length=1, max_length=100)
+    password: str = PASSWORD
+    phone: str | None = Field(None, max_length=40)
+    terms_version: str = Field(max_length=40)
+    accept_terms: bool
+
+
+class ProofIn(Model):
+    proof: str = Field(min_length=1, max_length=4096)
+
+
+class TicketIn(Model):
+    phone: str | None = Field(None, max_length=40)
+
+
+# ---- login and lockout --------------------------------------------------------------------------
+
+async def count_wrong_password(conn: asyncpg.Connection, c: Ctx, user_id: uuid.UUID, action: str) -> None:
+    """Count a wrong password for this account (login or change password); the Nth locks it.
+    Call inside a transaction that commits even though the request then fails."""
+    user = await store.get_user(conn, user_id, for_update=True)
+    failure = lockout.after_wrong_password(
+        user["failed_logins"], locked=user["locked_at"] is not None, threshold=c.settings.lockout_threshold
+    )
+    await store.record_wrong_password(conn, user_id, failure.failures, c.now if failure.locks_now else None)
+    await c.audit(conn, action, outcome="failed", subject=user_id, practice_id=user["practice_id"],
+                  actor=c.actor_id, reason="wrong_password", consecutive_failures=failure.failures)
+    if failure.locks_now:
+        await c.audit(conn, "account_locked", subject=user_id, practice_id=user["practice_id"], actor=None,
+                      consecutive_failures=failure.failures)
+        await request_email(conn, c.sealer, template="account_locked", to=user["email"],
+                            secrets={"link": c.link("forgot")}, requested_by=SERVICE)
+        await outbox.add(conn, UserLocked(user_id=user_id))
+        await revoke_sessions(conn, user_id, "locked")
+
+
+async def login(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_model(request, LoginIn)
+    async with c.pool.acquire() as conn:
+        user = await store.get_user_by_email(conn, body.email)
+    # Unknown email or no password yet: verify against a dummy hash, so it takes as long.
+    ok, needs_rehash = await c.hasher.verify(user["password_hash"] if user else None, body.password)
+    new_hash = await c.hasher.hash(body.password) if ok and needs_rehash else None
+    result = lockout.outcome(
+        password_ok=ok,
+        locked=bool(user and user["locked_at"] is not None),
+        reset_required=bool(user and user["password_reset_required"]),
+    )
+    async with c.pool.acquire() as conn:
+        async with conn.transaction():
+            if user is None or user["password_hash"] is None:
+                await c.audit(conn, "login", outcome="failed", actor=None, subject=user["id"] if user else None,
+                              reason="unknown_account" if user is None else "not_registered")
+            elif result is lockout.LoginOutcome.INVALID:
+                await count_wrong_password(conn, c, user["id"], "login")
+            else:
+                # Re-read under lock: a lock, unlock or new password may have landed while hashing.
+                fresh = await store.get_user(conn, user["id"], for_update=True)
+                if fresh["password_hash"] != user["password_hash"]:
+                    result = lockout.LoginOutcome.INVALID
+                else:
+                    result = lockout.outcome(password_ok=True, locked=fresh["locked_at"] is not None,
+                                             reset_required=fresh["password_reset_required"])
+            if user is not None and user["password_hash"] is not None and result in (
+                lockout.LoginOutcome.LOCKED, lockout.LoginOutcome.RESET_REQUIRED
+            ):
+                await c.audit(conn, "login", outcome="refused", actor=None, subject=user["id"],
+                              practice_id=user["practice_id"], reason=result.value)
+            elif result is lockout.LoginOutcome.OK and user is not None:
+                await store.record_login(conn, user["id"], c.now)
+                if new_hash:
+                    await store.rehash_password(conn, user["id"], user["password_hash"], new_hash)
+                await c.audit(conn, "login", actor=user["id"], subject=user["id"], practice_id=user["practice_id"])
+                user = await store.get_user(conn, user["id"])
+                return await session_answer(conn, c, user)
+    # Raised after the commit: the failure count and the audit row must stay.
+    if result is lockout.LoginOutcome.LOCKED and user is not None and user["password_hash"] is not None:
+        raise ACCOUNT_LOCKED
+    if result is lockout.LoginOutcome.RESET_REQUIRED and user is not None and user["password_hash"] is not None:
+        raise RESET_REQUIRED
+    raise INVALID_CREDENTIALS
+
+
+# ---- forgot and reset password -----------------------------------------------------------------
+
+async def forgot_password(request: web.Request) -> web.Response:
+    """Same answer whether or not the address has an account; a link only to registered ones."""
+    c = ctx(request)
+    body = await read_model(request, ForgotIn)
+    async with c.pool.acquire() as conn, conn.transaction():
+        user = await store.get_user_by_email(conn, body.email)
+        if user is None or user["password_hash"] is None:
+            await c.audit(conn, "password_reset_requested", outcome="no_account", actor=None,
+                          subject=user["id"] if user else None)
+        elif await store.count_tokens_since(conn, user["id"], "password_reset", c.now - timedelta(hours=1)) >= c.settings.reset_requests_per_hour:
+            await c.audit(conn, "password_reset_requested", outcome="throttled", actor=None, subject=user["id"],
+                          practice_id=user["practice_id"])
+        else:
+            raw, digest = tokens.new_token()
+            await store.create_token(conn, kind="password_reset", user_id=user["id"], digest=digest, now=c.now,
+                                     ttl=timedelta(minutes=c.settings.reset_ttl_minutes))
+            await request_email(conn, c.sealer, template="password_reset", to=user["email"],
+                                secrets={"link": c.link(f"reset?token={raw}")}, requested_by=SERVICE)
+            await c.audit(conn, "password_reset_requested", actor=None, subject=user["id"], practice_id=user["practice_id"])
+    return web.json_response(FORGOT_ANSWER, status=202)
+
+
+async def _reset_token_user(conn: asyncpg.Connection, c: Ctx, token: str, *, for_update: bool = False) -> tuple[asyncpg.Record, asyncpg.Record]:
+    row = await store.live_token(conn, "password_reset", tokens.digest(token), c.now, for_update=for_update)
+    if row is None or not tokens.same(row["digest"], token):
+        raise RESET_LINK_INVALID
+    user = await store.get_user(conn, row["user_id"], for_update=for_update)
+    if user is None:
+        raise RESET_LINK_INVALID
+    return row, user
+
+
+async def reset_verification(request: web.Request) -> web.Response:
+    """What the reset form needs: the rules, and where 2-step applies a ticket to send a code."""
+    c = ctx(request)
+    body = await read_model(request, TokenIn)
+    async with c.pool.acquire() as conn:
+        _, user = await _reset_token_user(conn, c, body.token)
+        answer: dict = {"two_step": two_step_applies(user), "password_rules": rules(c.settings, user).as_dict()}
+        if two_step_applies(user):
+            answer["verification"] = verification(c, user["id"], user["phone"], PASSWORD_RESET)
+            await c.audit(conn, "verification_ticket_issued", actor=None, subject=user["id"],
+                          practice_id=user["practice_id"], purpose=PASSWORD_RESET)
+    return web.json_response(answer)
+
+
+async def reset_password(request: web.Request) -> web.Response:
+    """Email link (+ phone proof where 2-step applies) and a new password: unlocks the account,
+    ends every session, and signs the user in."""
+    c = ctx(request)
+    body = await read_model(request, ResetIn)
+    async with c.pool.acquire() as conn:
+        _, user = await _reset_token_user(conn, c, body.token)
+        claims = None
+        if two_step_applies(user):
+            claims = check_proof(c, body.proof, user_id=user["id"], phone=user["phone"], purpose=PASSWORD_RESET)
+        violations = await password_violations(c, conn, user, body.password)
+        if violations:
+            raise refuse(violations)
+        new_hash = await c.hasher.hash(body.password)
+        async with conn.transaction():
+            token, user = await _reset_token_user(conn, c, body.token, for_update=True)  # a concurrent reset lost
+            if claims is not None:
+                await consume_proof(conn, c, claims, user["id"])
+            was_locked = user["locked_at"] is not None or user["password_reset_required"]
+            await store.use_token(conn, token["id"], c.now)
+            await store.revoke_tokens(conn, user["id"], "password_reset", c.now)
+            await store.set_password(conn, user["id"], new_hash, c.now)
+            if claims is not None and user["status"] == "registered_unverified":
+                await store.update_user(conn, user["id"], {"status": "verified", "phone_verified_at": c.now}, c.now)
+                await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"]))
+            await c.audit(conn, "password_reset", actor=user["id"], subject=user["id"], practice_id=user["practice_id"],
+                          two_step=claims is not None, unlocked=was_locked)
+            if was_locked:
+                await c.audit(conn, "account_unlocked", actor=user["id"], subject=user["id"],
+                              practice_id=user["practice_id"], by="password_reset")
+            await revoke_sessions(conn, user["id"], "password_reset")
+            user = await store.get_user(conn, user["id"])
+            return await session_answer(conn, c, user)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """Signed in: current password and a new one. Ends every session; answers a fresh grant."""
+    c = ctx(request)
+    ident = require_user(request)
+    body = await read_model(request, ChangePasswordIn)
+    async with c.pool.acquire() as conn:
+        user = await store.get_user(conn, ident.user_id)
+        if user is None:
+            raise ApiError(401, "not_signed_in", "Please sign in.")
+        ok, _ = await c.hasher.verify(user["password_hash"], body.current_password)
+        if not ok:
+            async with conn.transaction():
+                await count_wrong_password(conn, c, user["id"], "password_change")
+            raise ApiError(403, "wrong_current_password", "Your current password is not right.")
+        violations = await password_violations(c, conn, user, body.new_password)
+        if violations:
+            raise refuse(violations)
+        new_hash = await c.hasher.hash(body.new_password)
+        async with conn.transaction():
+            user = await store.get_user(conn, user["id"], for_update=True)
+            if user["locked_at"] is not None:
+                raise ACCOUNT_LOCKED
+            await store.set_password(conn, user["id"], new_hash, c.now)
+            await c.audit(conn, "password_changed", subject=user["id"], practice_id=user["practice_id"])
+            await revoke_sessions(conn, user["id"], "password_changed")
+            user = await store.get_user(conn, user["id"])
+            return await session_answer(conn, c, user)
+
+
+# ---- invitations and registration --------------------------------------------------------------
+
+async def _invitation(conn: asyncpg.Connection, c: Ctx, token: str, *, for_update: bool = False) -> tuple[asyncpg.Record, asyncpg.Record]:
+    row = await store.live_token(conn, "invitation", tokens.digest(token), c.now, for_update=for_update)
+    if row is None or not tokens.same(row["digest"], token):
+        raise INVITATION_INVALID
+    user = await store.get_user(conn, row["user_id"], for_update=for_update)
+    if user is None or user["status"] != "invited":
+        raise INVITATION_INVALID
+    return row, user
+
+
+async def get_invitation(request: web.Request) -> web.Response:
+    """What the registration form shows: who is invited, by which practice, and the rules."""
+    c = ctx(request)
+    token = request.match_info["token"]
+    async with c.pool.acquire() as conn:
+        row, user = await _invitation(conn, c, token)
+        practice = await store.get_practice(conn, row["practice_id"] or user["invited_by_practice"] or user["practice_id"])
+    return web.json_response({
+        "email": user["email"],
+        "first_name": user["first_name"],
+        "last_name": user["last_name"],
+        "practice_name": practice["name"] if practice else None,
+        "two_step_required": user["two_step_required"],
+        "phone_hint": phones.hint(user["phone"]),
+        "terms_version": c.settings.terms_version,
+        # Registration asks for a phone where 2-step is on, so the rules are those with 2-step.
+        "password_rules": policy.rules(c.settings.password_policy, two_step=bool(user["two_step_required"])).as_dict(),
+        "expires_at": row["expires_at"].isoformat(),
+    })
+
+
+async def register(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_model(request, RegistrationIn)
+    async with c.pool.acquire() as conn:
+        _, user = await _invitation(conn, c, body.token)
+        if not body.accept_terms or body.terms_version != c.settings.terms_version:
+            raise ApiError(422, "terms_not_accepted", "Please read and accept the current Terms of Use.",
+                           {"terms_version": c.settings.terms_version})
+        phone = user["phone"]
+        if body.phone:
+            try:
+                phone = phones.normalize(body.phone, region=c.settings.phone_default_region)
+            except phones.InvalidPhone:
+                raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                               {"fields": {"phone": "Enter a valid phone number, with the area code."}}) from None
+        two_step = bool(user["two_step_required"])
+        if two_step and not phone:
+            raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
+        violations = await password_violations(c, conn, user, body.password, two_step=two_step)
+        if violations:
+            raise refuse(violations)
+        new_hash = await c.hasher.hash(body.password)
+        async with conn.transaction():
+            token, user = await _invitation(conn, c, body.token, for_update=True)
+            await store.use_token(conn, token["id"], c.now)
+            await store.update_user(conn, user["id"], {
+                "first_name": body.first_name.strip(),
+                "last_name": body.last_name.strip(),
+                "phone": phone,
+                "status": "registered_unverified" if two_step else "verified",
+                "terms_version": body.terms_version,
+                "terms_accepted_at": c.now,
+                "registered_at": c.now,
+            }, c.now)
+            await store.set_password(conn, user["id"], new_hash, c.now)
+            await c.audit(conn, "registration", actor=user["id"], subject=user["id"], practice_id=user["practice_id"],
+                          two_step=two_step, terms_version=body.terms_version)
+            extra = {}
+            if two_step:
+                extra["verification"] = verification(c, user["id"], phone, REGISTRATION)
+                await c.audit(conn, "verification_ticket_issued", actor=user["id"], subject=user["id"],
+                              practice_id=user["practice_id"], purpose=REGISTRATION)
+            else:
+                await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"]))
+            user = await store.get_user(conn, user["id"])
+            return await session_answer(conn, c, user, status=201, **extra)
+
+
+async def verification_ticket(request: web.Request) -> web.Response:
+    """A new registration ticket for a signed-in user who has not proved their phone yet
+    (after signing in again, or to use another number)."""
+    c = ctx(request)
+    ident = require_user(request)
+    body = await read_model(request, TicketIn)
+    async with c.pool.acquire() as conn, conn.transaction():
+        user = await store.get_user(conn, ident.user_id, for_update=True)
+        if user is None or user["status"] != "registered_unverified":
+            raise ApiError(409, "already_verified", "Your phone number is already verified.")
+        phone = user["phone"]
+        if body.phone:
+            try:
+                phone = phones.normalize(body.phone, region=c.settings.phone_default_region)
+            except phones.InvalidPhone:
+                raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                               {"fields": {"phone": "Enter a valid phone number, with the area code."}}) from None
+            if phone != user["phone"]:
+                await store.update_user(conn, user["id"], {"phone": phone}, c.now)
+                await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"],
+                              before_verification=True)
+        if not phone:
+            raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
+        await c.audit(conn, "verification_ticket_issued", subject=user["id"], practice_id=user["practice_id"],
+                      purpose=REGISTRATION)
+        return web.json_response({"verification": verification(c, user["id"], phone, REGISTRATION)})
+
+
+async def complete_verification(request: web.Request) -> web.Response:
+    """The proof from verify-service that the user holds the phone: fully registered."""
+    c = ctx(request)
+    ident = require_user(request)
+    body = await read_model(request, ProofIn)
+    async with c.pool.acquire() as conn, conn.transaction():
+        user = await store.get_user(conn, ident.user_id, for_update=True)
+        if user is None or user["status"] != "registered_unverified":
+            raise ApiError(409, "already_verified", "Your phone number is already verified.")
+        claims = check_proof(c, body.proof, user_id=user["id"], phone=user["phone"], purpose=REGISTRATION)
+        await consume_proof(conn, c, claims, user["id"])
+        await store.update_user(conn, user["id"], {"status": "verified", "phone_verified_at": c.now}, c.now)
+        await c.audit(conn, "phone_verified", subject=user["id"], practice_id=user["practice_id"], purpose=REGISTRATION)
+        await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"]))
+        user = await store.get_user(conn, user["id"])
+        return await session_answer(conn, c, user)
+
+
+# ---- profile -----------------------------------------------------------------------------------
+
+async def get_me(request: web.Request) -> web.Response:
+    c = ctx(request)
+    ident = require_user(request)
+    async with c.pool.acquire() as conn:
+        user = await store.get_user(conn, ident.user_id)
+        if user is None:
+            raise ApiError(401, "not_signed_in", "Please sign in.")
+        practice = await store.get_practice(conn, user["practice_id"])
+    return web.json_response({"user": public_user(c.settings, user, practice, c.now),
+                              "restriction": ident.extra.get("restriction")})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/session", login)
+    app.router.add_post("/password/forgot", forgot_password)
+    app.router.add_post("/password/reset/verification", reset_verification)
+    app.router.add_post("/password/reset", reset_password)
+    app.router.add_post("/me/password", change_password)
+    app.router.add_get("/invitations/{token}", get_invitation)
+    app.router.add_post("/registrations", register)
+    app.router.add_post("/registrations/verify", complete_verification)
+    app.router.add_post("/me/verification", complete_verification)
+    app.router.add_post("/me/verification/ticket", verification_ticket)
+    app.router.add_get("/me", get_me)

@@ -1,0 +1,450 @@
+"""User Manager ("Manage Users") and Support ("/admin") endpoints.
+
+Authorisation is decided here on every request, from the caller's row in the database (not
+only the roles in the identity header, which may be up to a session old):
+- a User Manager acts on their own practice's users (list, 2-step toggle, edit an invited
+  user's contact details, unlock) and may re-invite any invited user, also of another
+  practice, as the help page says; nothing else outside their practice (404, as if absent);
+- a member can do none of it (403);
+- Support opens practices, invites their staff, edits practice details, unlocks accounts,
+  grants and revokes User Manager, and reads the audit trail. Support never sees or sets a
+  password: no route here takes or returns one."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from msp_shared import outbox
+from msp_shared.errors import ApiError, forbidden, not_found
+from msp_shared.events import UserRegistered
+from msp_shared.web import read_model, require_user
+
+from . import phones, store
+from .accounts import Ctx, ctx, practice_view, revoke_sessions
+from .invitations import create_invited_user, send_invitation
+
+USER_MANAGER = "user_manager"
+SUPPORT = "support"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ManagedUserPatch(Model):
+    two_step_required: bool | None = None
+    email: str | None = Field(None, min_length=3, max_length=320)
+    phone: str | None = Field(None, max_length=40)
+    cell_phone: str | None = Field(None, max_length=40)
+
+
+class NewUser(Model):
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    first_name: str = Field("", max_length=100)
+    last_name: str = Field("", max_length=100)
+    phone: str | None = Field(None, max_length=40)
+    cell_phone: str | None = Field(None, max_length=40)
+    two_step_required: bool = True
+
+
+class PracticeIn(Model):
+    name: str = Field(min_length=1, max_length=200)
+    address: str = Field("", max_length=500)
+    phone: str = Field("", max_length=40)
+    identifiers: dict[str, str] = Field(default_factory=dict, max_length=10)
+    first_user: NewUser
+
+
+class PracticePatch(Model):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    address: str | None = Field(None, max_length=500)
+    phone: str | None = Field(None, max_length=40)
+    identifiers: dict[str, str] | None = Field(None, max_length=10)
+
+
+# ---- who is asking ---------------------------------------------------------------------------------
+
+async def caller(conn: asyncpg.Connection, request: web.Request) -> asyncpg.Record:
+    ident = require_user(request)
+    user = await store.get_user(conn, ident.user_id)
+    if user is None:
+        raise ApiError(401, "not_signed_in", "Please sign in.")
+    return user
+
+
+def require_manager(user: asyncpg.Record) -> uuid.UUID:
+    if USER_MANAGER not in user["roles"] or user["practice_id"] is None:
+        raise forbidden("Only a User Manager of the practice can do this.")
+    return user["practice_id"]
+
+
+def require_support(user: asyncpg.Record) -> None:
+    if SUPPORT not in user["roles"]:
+        raise forbidden("Only SecurePractice Support can do this.")
+
+
+def in_practice_list(target: asyncpg.Record | None, practice_id: uuid.UUID) -> bool:
+    """Whether the user shows in this practice's Manage Users view."""
+    if target is None:
+        return False
+    if target["practice_id"] == practice_id:
+        return True
+    return target["invited_by_practice"] == practice_id and target["status"] == "invited"
+
+
+def managed_view(user: asyncpg.Record, practice_id: uuid.UUID | None = None) -> dict[str, Any]:
+    return {
+        "id": str(user["id"]),
+        "email": user["email"],
+        "first_name": user["first_name"],
+        "last_name": user["last_name"],
+        "phone": user["phone"],
+        "cell_phone": user["cell_phone"],
+        "status": user["status"],
+        "roles": list(user["roles"]),
+        "two_step_required": user["two_step_required"],
+        "securemail_paid": user["securemail_paid"],
+        "locked": user["locked_at"] is not None,
+        "last_invited_at": user["last_invited_at"].isoformat() if user["last_invited_at"] else None,
+        "practice_id": str(user["practice_id"]) if user["practice_id"] else None,
+        "own_practice": practice_id is None or user["practice_id"] == practice_id,
+    }
+
+
+def _user_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["user_id"])
+    except ValueError:
+        raise not_found() from None
+
+
+def _phone(raw: str | None, c: Ctx, field: str) -> str | None:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return phones.normalize(raw, region=c.settings.phone_default_region)
+    except phones.InvalidPhone:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                       {"fields": {field: "Enter a valid phone number, with the area code."}}) from None
+
+
+# ---- shared actions ---------------------------------------------------------------------------------
+
+async def _unlock(conn: asyncpg.Connection, c: Ctx, target: asyncpg.Record, by: str) -> dict[str, Any]:
+    """Unlock by someone else: the old password stays unusable until the user resets it."""
+    if target["locked_at"] is None:
+        return {"unlocked": False, "user": managed_view(target)}
+    await store.update_user(conn, target["id"], {
+        "locked_at": None, "failed_logins": 0, "password_reset_required": target["password_hash"] is not None,
+    }, c.now)
+    await c.audit(conn, "account_unlocked", subject=target["id"], practice_id=target["practice_id"], by=by)
+    return {"unlocked": True, "user": managed_view(await store.get_user(conn, target["id"]))}
+
+
+async def _reinvite(conn: asyncpg.Connection, c: Ctx, target: asyncpg.Record, by: str) -> None:
+    practice = await store.get_practice(conn, target["invited_by_practice"] or target["practice_id"])
+    await send_invitation(conn, settings=c.settings, sealer=c.sealer, now=c.now, user=target, practice=practice,
+                          invited_by=c.actor_id)
+    await c.audit(conn, "invitation_sent", subject=target["id"], practice_id=target["practice_id"], by=by, reinvite=True)
+
+
+# ---- User Manager --------------------------------------------------------------------------------------
+
+async def list_practice_users(request: web.Request) -> web.Response:
+    c = ctx(request)
+    async with c.pool.acquire() as conn:
+        practice_id = require_manager(await caller(conn, request))
+        rows = await store.list_practice_users(conn, practice_id)
+    return web.json_response({"users": [managed_view(r, practice_id) for r in rows]})
+
+
+async def patch_practice_user(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_model(request, ManagedUserPatch)
+    async with c.pool.acquire() as conn, conn.transaction():
+        practice_id = require_manager(await caller(conn, request))
+        target = await store.get_user(conn, _user_id(request), for_update=True)
+        if not in_practice_list(target, practice_id):
+            raise not_found("No such user in your practice.")
+        changes: dict[str, Any] = {}
+        contact = body.model_fields_set & {"email", "phone", "cell_phone"}
+        if contact:
+            if target["status"] != "invited":
+                raise ApiError(409, "user_registered",
+                               "Only an invited user's contact details can be edited here; registered users edit their own profile.")
+            if "email" in contact and body.email and body.email.strip().lower() != target["email"].lower():
+                if await store.email_taken(conn, body.email, except_user=target["id"]):
+                    raise ApiError(409, "email_taken", "Another account already uses this email address.")
+                changes["email"] = body.email.strip()
+            if "phone" in contact:
+                changes["phone"] = _phone(body.phone, c, "phone")
+            if "cell_phone" in contact:
+                changes["cell_phone"] = _phone(body.cell_phone, c, "cell_phone")
+        if body.two_step_required is not None and body.two_step_required != target["two_step_required"]:
+            changes["two_step_required"] = body.two_step_required
+            if not body.two_step_required and target["status"] == "registered_unverified":
+                changes["status"] = "verified"  # nothing left to prove: fully registered
+                await outbox.add(conn, UserRegistered(user_id=target["id"], practice_id=target["practice_id"]))
+            await c.audit(conn, "two_step_changed", subject=target["id"], practice_id=target["practice_id"],
+                          required=body.two_step_required)
+        if changes:
+            target = await store.update_user(conn, target["id"], changes, c.now)
+            edited = sorted(set(changes) - {"two_step_required", "status"})
+            if edited:
+                await c.audit(conn, "invited_user_edited", subject=target["id"], practice_id=target["practice_id"],
+                              fields=edited)
+        # Saving sends nothing: the manager re-invites explicitly if they want a new link.
+        return web.json_response({"user": managed_view(target, practice_id)})
+
+
+async def reinvite_practice_user(request: web.Request) -> web.Response:
+    c = ctx(request)
+    async with c.pool.acquire() as conn, conn.transaction():
+        actor = await caller(conn, request)
+        if SUPPORT not in actor["roles"]:
+            require_manager(actor)
+        target = await store.get_user(conn, _user_id(request), for_update=True)
+        if target is None:
+            raise not_found("No such user.")
+        if target["status"] != "invited":
+            own = SUPPORT in actor["roles"] or target["practice_id"] == actor["practice_id"]
+            if not own:
+                raise not_found("No such user.")
+            raise ApiError(409, "already_registered", "This user has already registered.")
+        await _reinvite(conn, c, target, by="support" if SUPPORT in actor["roles"] else "user_manager")
+        target = await store.get_user(conn, target["id"])
+        return web.json_response({"user": managed_view(target, actor["practice_id"])}, status=202)
+
+
+async def unlock_practice_user(request: web.Request) -> web.Response:
+    c = ctx(request)
+    async with c.pool.acquire() as conn, conn.transaction():
+        practice_id = require_manager(await caller(conn, request))
+        target = await store.get_user(conn, _user_id(request), for_update=True)
+        if target is None or target["practice_id"] != practice_id:
+            raise not_found("No such user in your practice.")
+        return web.json_response(await _unlock(conn, c, target, by="user_manager"))
+
+
+# ---- Support -----------------------------------------------------------------------------------------------
+
+async def open_practice(request: web.Request) -> web.Response:
+    """Open a practice (its main account) and invite its first user, who becomes its User Manager."""
+    c = ctx(request)
+    body = await read_model(request, PracticeIn)
+    async with c.pool.acquire() as conn, conn.transaction():
+        require_support(await caller(conn, request))
+        if await store.email_taken(conn, body.first_user.email):
+            raise ApiError(409, "email_taken", "Another account already uses this email address.")
+        practice = await store.create_practice(conn, name=body.name.strip(), address=body.address, phone=body.phone,
+                                               identifiers=body.identifiers, now=c.now)
+        user = await _invite_staff(conn, c, practice, body.first_user)
+        await c.audit(conn, "practice_opened", practice_id=practice["id"])
+        return web.json_response({"practice": practice_view(practice), "user": managed_view(user)}, status=201)
+
+
+async def _invite_staff(conn: asyncpg.Connection, c: Ctx, practice: asyncpg.Record, new: NewUser) -> asyncpg.Record:
+    user = await create_invited_user(
+        conn, settings=c.settings, now=c.now, email=new.email.strip(), practice_id=practice["id"],
+        invited_by_practice=practice["id"], first_name=new.first_name.strip(), last_name=new.last_name.strip(),
+        phone=_phone(new.phone, c, "phone"), cell_phone=_phone(new.cell_phone, c, "cell_phone"),
+        two_step_required=new.two_step_required,
+    )
+    await send_invitation(conn, settings=c.settings, sealer=c.sealer, now=c.now, user=user, practice=practice,
+                          invited_by=c.actor_id)
+    await c.audit(conn, "invitation_sent", subject=user["id"], practice_id=practice["id"], by="support")
+    return await store.get_user(conn, user["id"])
+
+
+def _practice_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["practice_id"])
+    except ValueError:
+        raise not_found() from None
+
+
+async def invite_practice_staff(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_model(request, NewUser)
+    async with c.pool.acquire() as conn, conn.transaction():
+        require_support(await caller(conn, request))
+        practice = await store.get_practice(conn, _practice_id(request))
+        if practice is None:
+            raise not_found("No such practice.")
+        if await store.email_taken(conn, body.email):
+            raise ApiError(409, "email_taken", "Another account already uses this email address.")
+        user = await _invite_staff(conn, c, practice, body)
+        return web.json_response({"user": managed_view(user)}, status=201)
+
+
+async def list_practices(request: web.Request) -> web.Response:
+    c = ctx(request)
+    async with c.pool.acquire() as conn:
+        require_support(await caller(conn, request))
+        rows = await store.list_practices(conn, name=request.query.get("name") or None)
+    return web.json_response({"practices": [practice_view(r) for r in rows]})
+
+
+async def get_practice(request: web.Request) -> web.Response:
+    c = ctx(request)
+    async with c.pool.acquire() as conn:
+        require_support(await caller(conn, request))
+        practice = await store.get_practice(conn, _practice_id(request))
+        if practice is None:
+            raise not_found("No such practice.")
+        users = await store.list_practice_users(conn, practice["id"])
+    return web.json_response({"practice": practice_view(practice), "users": [managed_view(u, practice["id"]) for u in users]})
+
+
+async def patch_practice(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_model(request, PracticePatch)
+    async with c.pool.acquire() as conn, conn.transaction():
+        require_support(await caller(conn, request))
+        fields = {k: getattr(body, k) for k in body.model_fields_set if getattr(body, k) is not None}
+        practice = await store.update_practice(conn, _practice_id(request), fields, c.now)
+        if practice is None:
+            raise not_found("No such practice.")
+        await c.audit(conn, "practice_updated", practice_id=practice["id"], fields=sorted(fields))
+        return web.json_response({"practice": practice_view(practice)})
+
+
+async def find_users(request: web.Request) -> web.Response:
+    c = ctx(request)
+    practice_id = request.query.get("practice_id")
+    try:
+        pid = uuid.UUID(practice_id) if practice_id else None
+    except ValueError:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"practice_id": "not an id"}}) from None
+    async with c.pool.acquire() as conn:
+        require_support(await caller(conn, request))
+        rows = await store.find_users(conn, email=request.query.get("email") or None, practice_id=pid)
+    return web.json_response({"users": [managed_view(r) for r in rows]})
+
+
+async def admin_unlock(request: web.Request) -> web.Response:
+    c = ctx(request)
+    async with c.pool.acquire() as conn, conn.transaction():
+        require_support(await caller(conn, request))
+        target = await store.get_user(conn, _user_id(request), for_update=True)
+        if target is None:
+            raise not_found("No such user.")
+        return web.json_response(await _unlock(conn, c, target, by="support"))
+
+
+async def set_role(request: web.Request) -> web.Response:
+    """PUT grants, DELETE revokes User Manager. Every session of the user ends (their roles changed)."""
+    c = ctx(request)
+    role = request.match_info["role"]
+    if role != USER_MANAGER:
+        raise ApiError(400, "invalid_role", "Only the User Manager role can be granted or revoked here.")
+    grant = request.method == "PUT"
+    async with c.pool.acquire() as conn, conn.transaction():
+        require_support(await caller(conn, request))
+        target = await store.get_user(conn, _user_id(request), for_update=True)
+        if target is None:
+            raise not_found("No such user.")
+        if target["practice_id"] is None or SUPPORT in target["roles"]:
+            raise ApiError(409, "no_practice", "Only a practice's own users can be User Managers.")
+        roles = [r for r in target["roles"] if r != USER_MANAGER] + ([USER_MANAGER] if grant else [])
+        if roles != list(target["roles"]):
+            target = await store.update_user(conn, target["id"], {"roles": roles}, c.now)
+            await c.audit(conn, "role_granted" if grant else "role_revoked", subject=target["id"],
+                          practice_id=target["practice_id"], role=USER_MANAGER)
+            await revoke_sessions(conn, target["id"], "role_changed")
+        return web.json_response({"user": managed_view(target)})
+
+
+AUDIT_COLUMNS = ("id", "at", "action", "outcome", "actor_id", "subject_id", "practice_id", "ip", "details")
+
+
+def _audit_row(row: asyncpg.Record) -> dict[str, Any]:
+    details = row["details"]
+    return {
+        "id": row["id"],
+        "at": row["at"].isoformat(),
+        "action": row["action"],
+        "outcome": row["outcome"],
+        "actor_id": str(row["actor_id"]) if row["actor_id"] else None,
+        "subject_id": str(row["subject_id"]) if row["subject_id"] else None,
+        "practice_id": str(row["practice_id"]) if row["practice_id"] else None,
+        "ip": row["ip"],
+        "details": json.loads(details) if isinstance(details, str) else details,
+    }
+
+
+def _query_uuid(request: web.Request, name: str) -> uuid.UUID | None:
+    value = request.query.get(name)
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not an id"}}) from None
+
+
+def _query_time(request: web.Request, name: str) -> datetime | None:
+    value = request.query.get(name)
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a time"}}) from None
+
+
+async def read_audit(request: web.Request) -> web.StreamResponse:
+    """The audit trail, newest first; `?format=csv` for a spreadsheet. Filters: subject_id,
+    actor_id, practice_id, action, since, until, before_id (paging), limit (max 5000)."""
+    c = ctx(request)
+    try:
+        limit = min(max(int(request.query.get("limit", "200")), 1), 5000)
+        before_id = int(request.query["before_id"]) if request.query.get("before_id") else None
+    except ValueError:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"limit": "not a number"}}) from None
+    async with c.pool.acquire() as conn:
+        require_support(await caller(conn, request))
+        rows = await store.list_audit(
+            conn, subject_id=_query_uuid(request, "subject_id"), actor_id=_query_uuid(request, "actor_id"),
+            practice_id=_query_uuid(request, "practice_id"), action=request.query.get("action") or None,
+            since=_query_time(request, "since"), until=_query_time(request, "until"), before_id=before_id, limit=limit,
+        )
+    entries = [_audit_row(r) for r in rows]
+    if request.query.get("format") == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(AUDIT_COLUMNS)
+        for e in entries:
+            writer.writerow([_csv_safe(e[k] if k != "details" else json.dumps(e[k], sort_keys=True)) for k in AUDIT_COLUMNS])
+        return web.Response(
+            text=out.getvalue(), content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+        )
+    return web.json_response({"entries": entries})
+
+
+def _csv_safe(value: Any) -> str:
+    """No spreadsheet formula injection: a cell starting with = + - @ is prefixed with '."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/practice/users", list_practice_users)
+    app.router.add_patch("/practice/users/{user_id}", patch_practice_user)
+    app.router.add_post("/practice/users/{user_id}/reinvite", reinvite_practice_user)
+    app.router.add_post("/practice/users/{user_id}/unlock", unlock_practice_user)
+    app.router.add_get("/admin/practices", list_practices)
+    app.router.add_post("/admin/practices", open_practice)
+    app.router.add_get("/admin/practices/{practice_id}", get_practice)
+    app.router.add_patch("/admin/practices/{practice_id}", patch_practice)
+    app.router.add_post("/admin/practices/{practice_id}/users", invite_practice_staff)
+    app.router.add_get("/admin/users", find_users)
+    app.router.add_post("/admin/users/{user_id}/unlock", admin_unlock)
+    app.router.add_put("/admin/users/{user_id}/roles/{role}", set_role)
+    app.router.add_delete("/admin/users/{user_id}/roles/{role}", set_role)
+    app.router.add_get("/admin/audit", read_audit)

@@ -1,0 +1,166 @@
+"""The user's own profile: names, phones, time zone, ADA number, specialties, 2-step on/off.
+
+A registered user's new phone number or email address is re-verified before it replaces
+the old one: the phone by a code (a "phone_change" ticket for verify-service, then the
+proof here), the email by a single-use link sent to the new address. Practice details are
+read-only here (Support edits them)."""
+from __future__ import annotations
+
+from datetime import timedelta
+from zoneinfo import available_timezones
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from msp_shared.errors import ApiError
+from msp_shared.mailer import request_email
+from msp_shared.web import read_model, require_user
+
+from . import phones, store, tokens
+from .accounts import PHONE_CHANGE, SERVICE, check_proof, consume_proof, ctx, public_user, verification
+
+_ZONES = frozenset(available_timezones())
+
+
+class ProfilePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(None, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    first_name: str | None = Field(None, min_length=1, max_length=100)
+    last_name: str | None = Field(None, min_length=1, max_length=100)
+    phone: str | None = Field(None, max_length=40)
+    cell_phone: str | None = Field(None, max_length=40)
+    time_zone: str | None = Field(None, max_length=64)
+    ada_number: str | None = Field(None, max_length=40)
+    specialties: list[str] | None = Field(None, max_length=20)
+    two_step_required: bool | None = None
+
+
+class ProofIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    proof: str = Field(min_length=1, max_length=4096)
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=200)
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {field: message}})
+
+
+def _normalize_phone(raw: str, region: str, field: str) -> str:
+    try:
+        return phones.normalize(raw, region=region)
+    except phones.InvalidPhone:
+        raise _invalid(field, "Enter a valid phone number, with the area code.") from None
+
+
+async def patch_me(request: web.Request) -> web.Response:
+    c = ctx(request)
+    ident = require_user(request)
+    body = await read_model(request, ProfilePatch)
+    sent = body.model_fields_set
+    extra: dict = {}
+    async with c.pool.acquire() as conn, conn.transaction():
+        user = await store.get_user(conn, ident.user_id, for_update=True)
+        if user is None:
+            raise ApiError(401, "not_signed_in", "Please sign in.")
+        changes: dict = {}
+        for name in ("first_name", "last_name"):
+            if name in sent and getattr(body, name) is not None:
+                changes[name] = getattr(body, name).strip()
+        if "time_zone" in sent and body.time_zone is not None:
+            if body.time_zone not in _ZONES:
+                raise _invalid("time_zone", "Choose a time zone from the list.")
+            changes["time_zone"] = body.time_zone
+        if "ada_number" in sent:
+            changes["ada_number"] = (body.ada_number or "").strip() or None
+        if "specialties" in sent:
+            changes["specialties"] = [s.strip()[:100] for s in body.specialties or [] if s.strip()]
+        if "cell_phone" in sent:
+            changes["cell_phone"] = _normalize_phone(body.cell_phone, c.settings.phone_default_region, "cell_phone") if body.cell_phone else None
+        if "two_step_required" in sent and body.two_step_required is not None and body.two_step_required != user["two_step_required"]:
+            changes["two_step_required"] = body.two_step_required
+            await c.audit(conn, "two_step_changed", subject=user["id"], practice_id=user["practice_id"],
+                          required=body.two_step_required)
+        if "phone" in sent and body.phone:
+            phone = _normalize_phone(body.phone, c.settings.phone_default_region, "phone")
+            if phone != user["phone"]:
+                # Not changed yet: the user proves the new number first (POST /me/phone).
+                extra["verification"] = verification(c, user["id"], phone, PHONE_CHANGE)
+                await c.audit(conn, "verification_ticket_issued", subject=user["id"], practice_id=user["practice_id"],
+                              purpose=PHONE_CHANGE)
+        if "email" in sent and body.email and body.email.strip().lower() != user["email"].lower():
+            new_email = body.email.strip()
+            if await store.email_taken(conn, new_email, except_user=user["id"]):
+                raise ApiError(409, "email_taken", "Another account already uses this email address.")
+            raw, digest = tokens.new_token()
+            await store.create_token(conn, kind="email_change", user_id=user["id"], digest=digest, now=c.now,
+                                     ttl=timedelta(hours=c.settings.email_change_ttl_hours))
+            changes["pending_email"] = new_email
+            await request_email(
+                conn, c.sealer, template="generic_notice", to=new_email,
+                secrets={"link": c.link(f"confirm-email?token={raw}")},
+                params={"title": "Confirm your new SecurePractice email address",
+                        "text": "Open this link while signed in to SecurePractice to use this address for your account."},
+                requested_by=SERVICE,
+            )
+            await c.audit(conn, "email_change_requested", subject=user["id"], practice_id=user["practice_id"])
+            extra["email_confirmation_sent"] = True
+        if changes:
+            user = await store.update_user(conn, user["id"], changes, c.now)
+        practice = await store.get_practice(conn, user["practice_id"])
+        return web.json_response({"user": public_user(c.settings, user, practice, c.now), **extra})
+
+
+async def confirm_phone(request: web.Request) -> web.Response:
+    """The proof that the user holds the new number (ticket from PATCH /me): it replaces the old one."""
+    c = ctx(request)
+    ident = require_user(request)
+    body = await read_model(request, ProofIn)
+    async with c.pool.acquire() as conn, conn.transaction():
+        user = await store.get_user(conn, ident.user_id, for_update=True)
+        if user is None:
+            raise ApiError(401, "not_signed_in", "Please sign in.")
+        # The proof names the number that was proven; it must be this user's phone-change proof.
+        claims = check_proof(c, body.proof, user_id=user["id"], phone=None, purpose=PHONE_CHANGE)
+        await consume_proof(conn, c, claims, user["id"])
+        user = await store.update_user(conn, user["id"], {"phone": claims["phone"], "phone_verified_at": c.now}, c.now)
+        await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"])
+        practice = await store.get_practice(conn, user["practice_id"])
+        return web.json_response({"user": public_user(c.settings, user, practice, c.now)})
+
+
+async def confirm_email(request: web.Request) -> web.Response:
+    """The link sent to the new address, opened while signed in: the new address replaces the old."""
+    c = ctx(request)
+    ident = require_user(request)
+    body = await read_model(request, TokenIn)
+    async with c.pool.acquire() as conn, conn.transaction():
+        token = await store.live_token(conn, "email_change", tokens.digest(body.token), c.now, for_update=True)
+        if token is None or not tokens.same(token["digest"], body.token) or str(token["user_id"]) != ident.user_id:
+            raise ApiError(404, "link_invalid", "This confirmation link is invalid, used or expired.")
+        user = await store.get_user(conn, token["user_id"], for_update=True)
+        new_email = user["pending_email"]
+        if not new_email or await store.email_taken(conn, new_email, except_user=user["id"]):
+            raise ApiError(409, "email_taken", "Another account already uses this email address.")
+        await store.use_token(conn, token["id"], c.now)
+        old_email = user["email"]
+        user = await store.update_user(conn, user["id"], {"email": new_email, "pending_email": None}, c.now)
+        await request_email(
+            conn, c.sealer, template="generic_notice", to=old_email,
+            params={"title": "Your SecurePractice email address was changed",
+                    "text": "The email address of your SecurePractice account was changed. If this was not you, contact your practice's User Manager or SecurePractice Support."},
+            requested_by=SERVICE,
+        )
+        await c.audit(conn, "profile_email_changed", subject=user["id"], practice_id=user["practice_id"])
+        practice = await store.get_practice(conn, user["practice_id"])
+        return web.json_response({"user": public_user(c.settings, user, practice, c.now)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_patch("/me", patch_me)
+    app.router.add_post("/me/phone", confirm_phone)
+    app.router.add_post("/me/email/confirm", confirm_email)

@@ -1,0 +1,95 @@
+"""Internal endpoint for mail-service: turn the recipients of a secure message (email
+addresses) into user ids now, inviting the addresses that have no account.
+
+    POST /internal/recipients {"emails": [...], "inviting_practice_id", "sender_id"}
+    → 200 {"recipients": [{"email", "user_id", "invited"}], "sender": {...}}
+
+Only services may call it (a signed identity with the "service" role); the gateway does not
+route /internal at all. A new recipient is created "invited", belongs to no practice, shows
+in the sending practice's Manage Users (where its User Managers set 2-step on or off for
+them; on by default) and gets the invitation email. The sender's name and practice come
+back too: mail-service shows them to recipients and names the practice in its notification."""
+from __future__ import annotations
+
+import re
+import uuid
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from msp_shared.errors import ApiError
+from msp_shared.web import current_identity, read_model
+
+from . import invitations, store
+from .accounts import ctx
+
+SERVICE_ROLE = "service"
+_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+
+
+class RecipientsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    emails: list[str] = Field(default_factory=list, max_length=100)
+    inviting_practice_id: uuid.UUID | None = None
+    sender_id: uuid.UUID
+
+
+def require_service(request: web.Request) -> None:
+    ident = current_identity(request)
+    if not ident.authenticated or not ident.has_role(SERVICE_ROLE):
+        raise ApiError(403, "service_only", "This endpoint is for SecurePractice services only.")
+
+
+def sender_view(user: asyncpg.Record, practice: asyncpg.Record | None) -> dict:
+    return {
+        "user_id": str(user["id"]),
+        "email": user["email"],
+        "name": f"{user['first_name']} {user['last_name']}".strip(),
+        "practice_id": str(practice["id"]) if practice else None,
+        "practice_name": practice["name"] if practice else None,
+    }
+
+
+async def resolve(request: web.Request) -> web.Response:
+    require_service(request)
+    body = await read_model(request, RecipientsIn)
+    bad = [i for i, e in enumerate(body.emails) if not _ADDRESS.match(e.strip()) or len(e.strip()) > 320]
+    if bad:
+        raise ApiError(400, "invalid_input", "Some addresses are not valid.", {"fields": {f"emails.{i}": "invalid" for i in bad}})
+    c = ctx(request)
+    for attempt in (1, 2):
+        try:
+            return await _resolve(c, body)
+        except asyncpg.UniqueViolationError:
+            # Another message invited the same new address at the same moment: that account
+            # exists now, so the second attempt finds it.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _resolve(c, body: RecipientsIn) -> web.Response:  # noqa: ANN001 - accounts.Ctx
+    async with c.pool.acquire() as conn, conn.transaction():
+        sender = await store.get_user(conn, body.sender_id)
+        if sender is None:
+            raise ApiError(404, "sender_not_found", "The sender has no account.")
+        practice = await store.get_practice(conn, sender["practice_id"])
+        # The practice the recipient is invited by is the sender's own, as auth knows it.
+        inviting = sender["practice_id"]
+        answer = []
+        for email in dict.fromkeys(e.strip() for e in body.emails):
+            user = await store.get_user_by_email(conn, email)
+            invited = user is None
+            if user is None:
+                user = await invitations.invite_recipient(
+                    conn, settings=c.settings, sealer=c.sealer, now=c.now, email=email,
+                    sender_practice_id=inviting, sender_id=sender["id"],
+                )
+            answer.append({"email": user["email"], "user_id": str(user["id"]), "invited": invited})
+    return web.json_response({"recipients": answer, "sender": sender_view(sender, practice)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/internal/recipients", resolve)

@@ -1,0 +1,177 @@
+"""Who may manage whom: members nothing, User Managers their own practice (plus re-inviting
+invited users of another practice), Support the rest, never a password. Audit append-only."""
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from auth_kit import GOOD_PASSWORD, Auth
+
+UM_ROLES = ("member", "user_manager")
+
+
+@pytest.fixture
+async def world(auth: Auth) -> dict:
+    a = await auth.make_practice("Practice A")
+    b = await auth.make_practice("Practice B")
+    return {
+        "a": a, "b": b,
+        "um": await auth.make_user("um@a.example", practice=a, roles=UM_ROLES),
+        "member": await auth.make_user("member@a.example", practice=a),
+        "invited": await auth.make_user("new@a.example", password=None, practice=a),
+        "recipient": await auth.make_user("patient@example.org", password=None, practice=None, invited_by=a),
+        "other": await auth.make_user("staff@b.example", practice=b),
+        "other_invited": await auth.make_user("new@b.example", password=None, practice=b),
+    }
+
+
+async def test_member_cannot_act_as_user_manager_or_support(auth: Auth, world: dict) -> None:
+    who = auth.user_identity(world["member"])
+    target = world["invited"]["id"]
+    for method, path, body in [
+        ("GET", "/practice/users", None),
+        ("PATCH", f"/practice/users/{target}", {"two_step_required": False}),
+        ("POST", f"/practice/users/{target}/reinvite", None),
+        ("POST", f"/practice/users/{target}/unlock", None),
+        ("GET", "/admin/audit", None),
+        ("POST", f"/admin/users/{target}/unlock", None),
+        ("PUT", f"/admin/users/{world['member']['id']}/roles/user_manager", None),
+        ("PATCH", f"/admin/practices/{world['a']['id']}", {"name": "Mine now"}),
+    ]:
+        resp = await auth.call(method, path, body, who=who)
+        assert resp.status == 403, (method, path, resp.body)
+    assert await auth.emails("invitation") == []
+
+
+async def test_user_manager_sees_own_practice_and_its_unregistered_invitees(auth: Auth, world: dict) -> None:
+    who = auth.user_identity(world["um"])
+    resp = await auth.call("GET", "/practice/users", who=who)
+    assert resp.status == 200
+    emails = sorted(u["email"] for u in resp.body["users"])
+    assert emails == ["member@a.example", "new@a.example", "patient@example.org", "um@a.example"]
+    row = next(u for u in resp.body["users"] if u["email"] == "patient@example.org")
+    assert row["status"] == "invited" and row["own_practice"] is False
+    assert {"status", "two_step_required", "securemail_paid", "last_invited_at", "locked"} <= set(row)
+    assert all("password" not in key for u in resp.body["users"] for key in u)
+
+    # Once the invitee from outside registers, they drop out of the list.
+    await auth.pool.execute("UPDATE users SET status = 'verified' WHERE id = $1", world["recipient"]["id"])
+    resp = await auth.call("GET", "/practice/users", who=who)
+    assert "patient@example.org" not in [u["email"] for u in resp.body["users"]]
+
+
+async def test_user_manager_edits_invited_users_toggles_two_step_and_sends_nothing(auth: Auth, world: dict) -> None:
+    who = auth.user_identity(world["um"])
+    invited = world["invited"]["id"]
+    resp = await auth.call("PATCH", f"/practice/users/{invited}",
+                           {"email": "right@a.example", "phone": "202-555-0177", "two_step_required": False}, who=who)
+    assert resp.status == 200, resp.body
+    assert (resp.body["user"]["email"], resp.body["user"]["phone"]) == ("right@a.example", "+12025550177")
+    assert await auth.emails() == []  # saving re-sends nothing
+    registered = await auth.call("PATCH", f"/practice/users/{world['member']['id']}", {"email": "x@a.example"}, who=who)
+    assert registered.status == 409 and registered.body["error"] == "user_registered"
+    toggled = await auth.call("PATCH", f"/practice/users/{world['member']['id']}", {"two_step_required": True}, who=who)
+    assert toggled.status == 200 and toggled.body["user"]["two_step_required"] is True
+    taken = await auth.call("PATCH", f"/practice/users/{invited}", {"email": "STAFF@b.example"}, who=who)
+    assert taken.status == 409 and taken.body["error"] == "email_taken"
+    assert {r["action"] for r in await auth.audit()} >= {"invited_user_edited", "two_step_changed"}
+
+
+async def test_user_manager_cannot_touch_another_practices_users(auth: Auth, world: dict) -> None:
+    who = auth.user_identity(world["um"])
+    other = world["other"]["id"]
+    assert (await auth.call("PATCH", f"/practice/users/{other}", {"two_step_required": False}, who=who)).status == 404
+    assert (await auth.call("POST", f"/practice/users/{other}/unlock", who=who)).status == 404
+    assert (await auth.call("POST", f"/practice/users/{other}/reinvite", who=who)).status == 404  # registered elsewhere
+    assert (await auth.call("PATCH", "/practice/users/not-an-id", {}, who=who)).status == 404
+    assert (await auth.user(other))["two_step_required"] is False
+    # ...but may re-invite an invited user of another practice, as the help page says.
+    resp = await auth.call("POST", f"/practice/users/{world['other_invited']['id']}/reinvite", who=who)
+    assert resp.status == 202
+    assert [m["to"] for m in await auth.emails("invitation")] == ["new@b.example"]
+    assert (await auth.emails("invitation"))[0]["params"] == {"practice_name": "Practice B"}
+    already = await auth.call("POST", f"/practice/users/{world['member']['id']}/reinvite", who=who)
+    assert already.status == 409
+
+
+async def test_unlock_by_someone_else_leaves_the_password_unusable_until_reset(auth: Auth, world: dict) -> None:
+    for _ in range(5):
+        await auth.login("member@a.example", "Wrong-Pass-9!")
+    assert (await auth.login("member@a.example", GOOD_PASSWORD)).status == 423
+    resp = await auth.call("POST", f"/practice/users/{world['member']['id']}/unlock", who=auth.user_identity(world["um"]))
+    assert resp.status == 200 and resp.body["unlocked"] is True
+    still = await auth.login("member@a.example", GOOD_PASSWORD)
+    assert still.status == 423 and still.body["error"] == "password_reset_required"
+    assert (await auth.login("member@a.example", "Wrong-Pass-9!")).status == 401  # a guesser learns nothing
+    assert (await auth.audit("account_unlocked"))[0]["actor_id"] == world["um"]["id"]
+
+    # Support unlocks too, and can neither see nor set the password.
+    for _ in range(5):
+        await auth.login("staff@b.example", "Wrong-Pass-9!")
+    support = await auth.support()
+    resp = await auth.call("POST", f"/admin/users/{world['other']['id']}/unlock", who=support)
+    assert resp.status == 200 and "password" not in resp.raw.decode().replace("password_reset_required", "")
+    assert (await auth.login("staff@b.example", GOOD_PASSWORD)).body["error"] == "password_reset_required"
+    for method, path in [("POST", f"/admin/users/{world['other']['id']}/password"),
+                         ("PUT", f"/admin/users/{world['other']['id']}/password"),
+                         ("PATCH", f"/admin/users/{world['other']['id']}")]:
+        assert (await auth.call(method, path, {"password": "Support-Set-1!"}, who=support)).status in (404, 405)
+    found = await auth.call("GET", "/admin/users?email=staff@b", who=support)
+    assert [u["email"] for u in found.body["users"]] == ["staff@b.example"]
+    assert "hash" not in found.raw.decode()
+
+
+async def test_support_grants_and_revokes_user_manager_and_sessions_end(auth: Auth, world: dict) -> None:
+    support = await auth.support()
+    member = world["member"]["id"]
+    granted = await auth.call("PUT", f"/admin/users/{member}/roles/user_manager", who=support)
+    assert granted.status == 200 and granted.body["user"]["roles"] == ["member", "user_manager"]
+    now_um = auth.user_identity(await auth.user(member))
+    assert (await auth.call("GET", "/practice/users", who=now_um)).status == 200
+    revoked = await auth.call("DELETE", f"/admin/users/{member}/roles/user_manager", who=support)
+    assert revoked.body["user"]["roles"] == ["member"]
+    # An old session still claiming the role is refused: roles are checked in the database.
+    assert (await auth.call("GET", "/practice/users", who=now_um)).status == 403
+    assert [(e["data"]["user_id"], e["data"]["reason"]) for e in await auth.events("auth.sessions.revoked")] == [
+        (str(member), "role_changed")] * 2
+    assert [r["action"] for r in await auth.audit() if r["action"].startswith("role_")] == ["role_granted", "role_revoked"]
+    assert (await auth.call("PUT", f"/admin/users/{member}/roles/support", who=support)).status == 400
+
+
+async def test_support_edits_practice_details_users_cannot(auth: Auth, world: dict) -> None:
+    support = await auth.support()
+    pid = world["a"]["id"]
+    resp = await auth.call("PATCH", f"/admin/practices/{pid}", {"name": "Practice A Dental", "identifiers": {"ada": "77"}}, who=support)
+    assert resp.status == 200 and resp.body["practice"]["name"] == "Practice A Dental"
+    me = await auth.call("GET", "/me", who=auth.user_identity(world["um"]))
+    assert me.body["user"]["practice"]["name"] == "Practice A Dental"
+    # The profile endpoint has no practice fields: sending one is refused as bad input.
+    sneaky = await auth.call("PATCH", "/me", {"practice": {"name": "Hacked"}}, who=auth.user_identity(world["um"]))
+    assert sneaky.status == 400
+    listed = await auth.call("GET", "/admin/practices?name=dental", who=support)
+    assert [p["name"] for p in listed.body["practices"]] == ["Practice A Dental"]
+
+
+async def test_audit_trail_readable_as_json_and_csv_and_append_only(auth: Auth, world: dict) -> None:
+    await auth.login("member@a.example", "Wrong-Pass-9!")
+    await auth.login("member@a.example", GOOD_PASSWORD)
+    support = await auth.support()
+    resp = await auth.call("GET", f"/admin/audit?subject_id={world['member']['id']}", who=support)
+    assert resp.status == 200
+    assert [(e["action"], e["outcome"], e["ip"]) for e in resp.body["entries"]] == [
+        ("login", "ok", "203.0.113.7"), ("login", "failed", "203.0.113.7")]
+    csv_resp = await auth.call("GET", "/admin/audit?format=csv&action=login", who=support)
+    assert csv_resp.status == 200 and csv_resp.headers["Content-Type"].startswith("text/csv")
+    lines = csv_resp.raw.decode().strip().splitlines()
+    assert lines[0] == "id,at,action,outcome,actor_id,subject_id,practice_id,ip,details" and len(lines) == 3
+    everything = (await auth.call("GET", "/admin/audit?limit=1000", who=support)).raw.decode()
+    assert GOOD_PASSWORD not in everything and "Wrong-Pass-9!" not in everything
+    assert "member@a.example" not in everything
+
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await auth.pool.execute("UPDATE audit_log SET outcome = 'ok'")
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await auth.pool.execute("DELETE FROM audit_log")
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await auth.pool.execute("TRUNCATE audit_log")
+    assert len(await auth.audit("login")) == 2

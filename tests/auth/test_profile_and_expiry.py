@@ -1,0 +1,96 @@
+"""Profile edits (re-verification of a new phone or email) and password-expiry warnings."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from msp_auth.keys import AUTH_SETTINGS, SEALER
+from msp_auth.tasks import send_expiry_warnings
+from msp_shared.web import CLOCK, POOL
+
+from auth_kit import Auth, token_from_link
+
+
+async def test_profile_edits_and_validation(auth: Auth) -> None:
+    practice = await auth.make_practice()
+    user = await auth.make_user("pia@example.org", practice=practice, two_step=True)
+    who = auth.user_identity(user)
+    resp = await auth.call("PATCH", "/me", {"first_name": "Pia", "last_name": "Lopez", "time_zone": "America/Chicago",
+                                            "ada_number": "ADA-123", "specialties": ["Orthodontics"],
+                                            "cell_phone": "+1 202 555 0144", "two_step_required": False}, who=who)
+    assert resp.status == 200, resp.body
+    got = resp.body["user"]
+    assert (got["first_name"], got["time_zone"], got["ada_number"], got["specialties"], got["cell_phone"],
+            got["two_step_required"]) == ("Pia", "America/Chicago", "ADA-123", ["Orthodontics"], "+12025550144", False)
+    assert (await auth.call("PATCH", "/me", {"time_zone": "Mars/Olympus"}, who=who)).status == 400
+    assert (await auth.call("PATCH", "/me", {"phone": "12"}, who=who)).status == 400
+    assert (await auth.call("PATCH", "/me", {"roles": ["support"]}, who=who)).status == 400
+    assert [r["details"] for r in await auth.audit("two_step_changed")] == ['{"required": false}']
+
+
+async def test_new_phone_needs_a_proof_before_it_replaces_the_old(auth: Auth) -> None:
+    user = await auth.make_user("quinn@example.org", phone="+12025550123")
+    other = await auth.make_user("rex@example.org")
+    who = auth.user_identity(user)
+    resp = await auth.call("PATCH", "/me", {"phone": "(202) 555-0188"}, who=who)
+    assert resp.status == 200 and resp.body["user"]["phone"] == "+12025550123"  # not yet
+    assert resp.body["verification"]["purpose"] == "phone_change"
+    others = auth.proof(other["id"], "+12025550188", "phone_change")
+    assert (await auth.call("POST", "/me/phone", {"proof": others}, who=who)).status == 400
+    proof = auth.proof(user["id"], "+12025550188", "phone_change")
+    done = await auth.call("POST", "/me/phone", {"proof": proof}, who=who)
+    assert done.status == 200 and done.body["user"]["phone"] == "+12025550188"
+    assert (await auth.call("POST", "/me/phone", {"proof": proof}, who=who)).status == 400  # replay
+    assert len(await auth.audit("profile_phone_changed")) == 1
+
+
+async def test_new_email_is_confirmed_by_a_link_sent_to_it(auth: Auth) -> None:
+    user = await auth.make_user("sam@example.org")
+    taken = await auth.make_user("taken@example.org")
+    who = auth.user_identity(user)
+    assert (await auth.call("PATCH", "/me", {"email": "TAKEN@example.org"}, who=who)).status == 409
+    resp = await auth.call("PATCH", "/me", {"email": "sam@newmail.example"}, who=who)
+    assert resp.status == 200 and resp.body["email_confirmation_sent"] is True
+    assert resp.body["user"]["email"] == "sam@example.org" and resp.body["user"]["pending_email"] == "sam@newmail.example"
+    mail = [m for m in await auth.emails("generic_notice") if m["to"] == "sam@newmail.example"][0]
+    token = token_from_link(mail["link"])
+    stranger = auth.user_identity(taken)
+    assert (await auth.call("POST", "/me/email/confirm", {"token": token}, who=stranger)).status == 404
+    done = await auth.call("POST", "/me/email/confirm", {"token": token}, who=who)
+    assert done.status == 200 and done.body["user"]["email"] == "sam@newmail.example"
+    assert (await auth.call("POST", "/me/email/confirm", {"token": token}, who=who)).status == 404  # single use
+    assert "sam@example.org" in [m["to"] for m in await auth.emails("generic_notice")]  # the old address is told
+    assert (await auth.login("sam@newmail.example", "Tulip-Harbor-42!")).status == 200
+    assert len(await auth.audit("profile_email_changed")) == 1
+
+
+async def test_expiry_warnings_14_7_1_days_before_each_sent_once(auth: Auth) -> None:
+    user = await auth.make_user("tess@example.org")
+    app = auth.app
+
+    async def run_pass() -> list[str]:
+        """One pass of the task; the days_left of the warnings mailed to this user by it."""
+        before = len(await auth.emails("password_expiry_warning"))
+        await send_expiry_warnings(app[POOL], app[AUTH_SETTINGS], app[SEALER], app[CLOCK])
+        new = (await auth.emails("password_expiry_warning"))[before:]
+        return [m["params"]["days_left"] for m in new if m["to"] == "tess@example.org"]
+
+    auth.clock.advance(days=75)
+    assert await run_pass() == []
+    auth.clock.advance(days=1)  # 14 days left
+    assert await run_pass() == ["14"]
+    assert await run_pass() == []  # once
+    me = await auth.call("GET", "/me", who=auth.user_identity(user))
+    assert me.body["user"]["password_expiry_warning_days"] == 14
+    auth.clock.advance(days=7)
+    assert await run_pass() == ["7"]
+    auth.clock.advance(days=6, hours=1)
+    assert await run_pass() == ["1"]
+    assert await run_pass() == []
+    assert len(await auth.audit("password_expiry_warning")) >= 3
+    # A new password starts the clock again.
+    changed = await auth.call("POST", "/me/password", {"current_password": "Tulip-Harbor-42!",
+                                                       "new_password": "Amber-Lagoon-55!"}, who=auth.user_identity(user))
+    assert changed.status == 200
+    assert (await auth.call("GET", "/me", who=auth.user_identity(user))).body["user"]["password_expiry_warning_days"] is None
+    auth.clock.advance(timedelta(days=76))
+    assert await run_pass() == ["14"]

@@ -1,0 +1,74 @@
+"""auth-service's /internal/recipients, called by mail-service when a secure message goes to
+email addresses: existing accounts are returned, new addresses invited. Services only; the
+gateway never routes /internal."""
+from __future__ import annotations
+
+import uuid
+
+from auth_kit import Auth
+from msp_gateway.routing import service_for
+from msp_shared.identity import Identity
+
+SERVICE = Identity(user_id="service:mail", roles=("service",))
+
+
+async def test_existing_accounts_are_returned_and_new_addresses_invited(auth: Auth) -> None:
+    practice = await auth.make_practice("Bright Smiles Dental")
+    sender = await auth.make_user("dr.sender@example.com", practice=practice)
+    known = await auth.make_user("known@other.example", practice=await auth.make_practice("Other"))
+
+    resp = await auth.call("POST", "/internal/recipients", {
+        "emails": ["Known@Other.example", "new.patient@example.org", "new.patient@example.org"],
+        "inviting_practice_id": str(practice["id"]), "sender_id": str(sender["id"]),
+    }, who=SERVICE)
+    assert resp.status == 200, resp.body
+    got = resp.body["recipients"]
+    assert got[0] == {"email": "known@other.example", "user_id": str(known["id"]), "invited": False}
+    assert got[1]["email"] == "new.patient@example.org" and got[1]["invited"] is True
+    assert len(got) == 2
+    assert resp.body["sender"] == {
+        "user_id": str(sender["id"]), "email": "dr.sender@example.com", "name": "Pat Example",
+        "practice_id": str(practice["id"]), "practice_name": "Bright Smiles Dental",
+    }
+
+    invited = await auth.user(got[1]["user_id"])
+    assert invited["status"] == "invited" and invited["practice_id"] is None
+    assert invited["invited_by_practice"] == practice["id"]
+    assert invited["two_step_required"] is True  # the practice's User Managers may turn it off in Manage Users
+    mails = await auth.emails("invitation")
+    assert [m["to"] for m in mails] == ["new.patient@example.org"]
+    assert mails[0]["params"] == {"practice_name": "Bright Smiles Dental"}
+    assert [r["subject_id"] for r in await auth.audit("invitation_sent")] == [invited["id"]]
+
+    # Asked again (a second message): the same account, no second invitation.
+    again = await auth.call("POST", "/internal/recipients", {
+        "emails": ["new.patient@example.org"], "inviting_practice_id": str(practice["id"]), "sender_id": str(sender["id"]),
+    }, who=SERVICE)
+    assert again.body["recipients"] == [{"email": "new.patient@example.org", "user_id": got[1]["user_id"], "invited": False}]
+    assert len(await auth.emails("invitation")) == 1
+
+
+async def test_only_services_may_call_it(auth: Auth) -> None:
+    practice = await auth.make_practice()
+    user = await auth.make_user("someone@example.com", practice=practice)
+    support = await auth.make_user("support@example.com", roles=("support",))
+    body = {"emails": ["victim@example.org"], "inviting_practice_id": str(practice["id"]), "sender_id": str(user["id"])}
+    for who in (auth.user_identity(user), auth.user_identity(support), None):
+        resp = await auth.call("POST", "/internal/recipients", body, who=who)
+        assert resp.status == 403 and resp.body["error"] == "service_only"
+    async with auth.client.post("/internal/recipients", json=body) as resp:
+        assert resp.status == 401  # no gateway/service identity at all
+    assert await auth.pool.fetchval("SELECT count(*) FROM users WHERE email = 'victim@example.org'") == 0
+
+
+async def test_bad_input_is_refused(auth: Auth) -> None:
+    user = await auth.make_user("someone@example.com", practice=await auth.make_practice())
+    bad = await auth.call("POST", "/internal/recipients", {"emails": ["not an address"], "sender_id": str(user["id"])}, who=SERVICE)
+    assert bad.status == 400
+    unknown = await auth.call("POST", "/internal/recipients", {"emails": [], "sender_id": str(uuid.uuid4())}, who=SERVICE)
+    assert unknown.status == 404
+
+
+def test_the_gateway_does_not_route_internal_paths() -> None:
+    assert service_for("/internal/recipients") is None
+    assert service_for("/messages") == "mail"

@@ -1,0 +1,129 @@
+"""Support opens a practice and invites its first user; invitation links are single-use and
+bounded in time; registration with 2-step (ticket out, proof in) or without."""
+from __future__ import annotations
+
+from msp_shared import signed
+
+from auth_kit import GOOD_PASSWORD, Auth, violation_codes
+
+PRACTICE = {
+    "name": "Bright Smiles Dental", "address": "1 Main St, Springfield", "phone": "+12025550100",
+    "identifiers": {"npi": "1234567893"},
+}
+
+
+async def open_practice(auth: Auth, email: str = "owner@brightsmiles.example", two_step: bool = True) -> dict:
+    body = PRACTICE | {"first_user": {"email": email, "first_name": "Olive", "last_name": "Owner",
+                                      "phone": "(202) 555-0111", "two_step_required": two_step}}
+    resp = await auth.call("POST", "/admin/practices", body, who=await auth.support())
+    assert resp.status == 201, resp.body
+    return resp.body
+
+
+def registration(token: str, **overrides: object) -> dict:
+    return {"token": token, "first_name": "Olive", "last_name": "Owner", "password": GOOD_PASSWORD,
+            "terms_version": "2026-01", "accept_terms": True} | overrides
+
+
+async def test_invite_register_verify_by_phone(auth: Auth) -> None:
+    opened = await open_practice(auth)
+    assert opened["user"]["roles"] == ["member", "user_manager"]  # the practice's first user
+    assert opened["user"]["status"] == "invited" and opened["user"]["phone"] == "+12025550111"
+    token = await auth.invitation_token("owner@brightsmiles.example")
+    mail = (await auth.emails("invitation"))[0]
+    assert mail["params"] == {"practice_name": "Bright Smiles Dental"}
+
+    form = await auth.call("GET", f"/invitations/{token}")
+    assert form.status == 200
+    assert set(form.body) == {"email", "first_name", "last_name", "practice_name", "two_step_required", "phone_hint",
+                              "terms_version", "password_rules", "expires_at"}
+    assert form.body["email"] == "owner@brightsmiles.example" and form.body["two_step_required"] is True
+    assert form.body["phone_hint"].endswith("11") and "555" not in form.body["phone_hint"]
+
+    refused = await auth.call("POST", "/registrations", registration(token, accept_terms=False))
+    assert refused.status == 422 and refused.body["error"] == "terms_not_accepted"
+    old_terms = await auth.call("POST", "/registrations", registration(token, terms_version="2020-01"))
+    assert old_terms.status == 422
+    assert violation_codes(await auth.call("POST", "/registrations", registration(token, password="owner-pass"))) == [
+        "needs_uppercase", "needs_digit", "contains_email_name"]
+
+    done = await auth.call("POST", "/registrations", registration(token))
+    assert done.status == 201, done.body
+    assert done.body["grant"]["restriction"] == "verification_required"
+    assert done.body["user"]["status"] == "registered_unverified"
+    assert done.body["user"]["terms_version"] == "2026-01"
+    ticket = done.body["verification"]["ticket"]
+    claims = signed.verify_claims(ticket, purpose="verify-ticket", secret=auth.verify_secret, now=auth.clock.now().timestamp())
+    user_id = done.body["grant"]["user_id"]
+    assert (claims["user_id"], claims["phone"], claims["purpose"]) == (user_id, "+12025550111", "registration")
+    who = auth.identity_of(done.body["grant"])
+
+    # Until the phone is proven the session can do nothing else.
+    blocked = await auth.call("GET", "/practice/users", who=who)
+    assert blocked.status == 403 and blocked.body["error"] == "verification_required"
+    again = await auth.call("POST", "/me/verification/ticket", {}, who=who)
+    assert again.status == 200 and again.body["verification"]["purpose"] == "registration"
+
+    wrong = await auth.call("POST", "/me/verification", {"proof": auth.proof(user_id, "+12025550111", "password_reset")}, who=who)
+    assert wrong.status == 400 and wrong.body["error"] == "invalid_proof"
+    proof = auth.proof(user_id, "+12025550111", "registration")
+    verified = await auth.call("POST", "/me/verification", {"proof": proof}, who=who)
+    assert verified.status == 200, verified.body
+    assert verified.body["grant"]["restriction"] is None and verified.body["user"]["status"] == "verified"
+    assert [e["data"]["user_id"] for e in await auth.events("auth.user.registered")] == [user_id]
+    assert (await auth.call("POST", "/me/verification", {"proof": proof}, who=who)).status == 409
+
+    # The link worked once.
+    assert (await auth.call("GET", f"/invitations/{token}")).status == 404
+    assert (await auth.call("POST", "/registrations", registration(token))).status == 404
+    assert (await auth.login("owner@brightsmiles.example", GOOD_PASSWORD)).body["grant"]["restriction"] is None
+    actions = [r["action"] for r in await auth.audit()]
+    assert {"practice_opened", "invitation_sent", "registration", "verification_ticket_issued", "phone_verified"} <= set(actions)
+
+
+async def test_with_two_step_off_no_code_is_asked(auth: Auth) -> None:
+    await open_practice(auth, "solo@example.org", two_step=False)
+    token = await auth.invitation_token("solo@example.org")
+    done = await auth.call("POST", "/registrations", registration(token, phone=None))
+    assert done.status == 201, done.body
+    assert done.body["grant"]["restriction"] is None and "verification" not in done.body
+    assert done.body["user"]["status"] == "verified"
+    assert len(await auth.events("auth.user.registered")) == 1
+
+
+async def test_unverified_user_signing_in_again_must_verify_first(auth: Auth) -> None:
+    await open_practice(auth, "later@example.org")
+    token = await auth.invitation_token("later@example.org")
+    assert (await auth.call("POST", "/registrations", registration(token))).status == 201
+    login = await auth.login("later@example.org", GOOD_PASSWORD)
+    assert login.body["grant"]["restriction"] == "verification_required"
+
+
+async def test_invitation_expires_and_a_reinvite_kills_the_old_link(auth: Auth) -> None:
+    opened = await open_practice(auth, "first@example.org")
+    first = await auth.invitation_token("first@example.org")
+    support = await auth.support()
+    resp = await auth.call("POST", f"/practice/users/{opened['user']['id']}/reinvite", who=support)
+    assert resp.status == 202, resp.body
+    second = await auth.invitation_token("first@example.org")
+    assert second != first
+    assert (await auth.call("GET", f"/invitations/{first}")).status == 404
+    assert (await auth.call("GET", f"/invitations/{second}")).status == 200
+    auth.clock.advance(hours=72, seconds=1)
+    gone = await auth.call("GET", f"/invitations/{second}")
+    assert gone.status == 404 and gone.body["error"] == "invitation_invalid"
+    assert (await auth.call("POST", "/registrations", registration(second))).status == 404
+
+
+async def test_only_support_opens_practices(auth: Auth) -> None:
+    practice = await auth.make_practice()
+    manager = await auth.make_user("um@example.org", practice=practice, roles=("member", "user_manager"))
+    body = PRACTICE | {"first_user": {"email": "x@example.org"}}
+    resp = await auth.call("POST", "/admin/practices", body, who=auth.user_identity(manager))
+    assert resp.status == 403
+    # A forged role in the identity header does not help: roles are read from the database.
+    forged = auth.user_identity(manager)
+    forged = type(forged)(user_id=forged.user_id, practice_id=forged.practice_id, roles=("support",), ip=forged.ip)
+    assert (await auth.call("POST", "/admin/practices", body, who=forged)).status == 403
+    taken = PRACTICE | {"first_user": {"email": "UM@example.org"}}
+    assert (await auth.call("POST", "/admin/practices", taken, who=await auth.support())).status == 409
