@@ -148,3 +148,29 @@ class AttachmentBudget:
                 f"Attachments may total at most {self.limit // (1024 * 1024)} MB per message.",
             )
         return None
+
+
+# The Content-Type a download is served with: decided by us from the (allowed) extension,
+# never taken from the uploader. Types a browser could render as a page or run as script
+# (xml, xsl, eml...) are served as plain text or octet-stream; downloads also carry
+# `Content-Disposition: attachment` and `X-Content-Type-Options: nosniff`.
+_CONTENT_TYPES = {
+    "pdf": "application/pdf", "png": "image/png", "gif": "image/gif", "jpg": "image/jpeg", "jpeg": "image/jpeg",
+    "jpe": "image/jpeg", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff", "zip": "application/zip",
+    "doc": "application/msword", "xls": "application/vnd.ms-excel", "ppt": "application/vnd.ms-powerpoint",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "dcm": "application/dicom", "mp4": "video/mp4", "mov": "video/quicktime", "qt": "video/quicktime",
+    "avi": "video/x-msvideo", "wmv": "video/x-ms-wmv", "mpeg": "video/mpeg", "mpe": "video/mpeg", "mpg": "video/mpeg",
+    "movie": "video/x-sgi-movie", "mp3": "audio/mpeg", "mp2": "audio/mpeg", "mpga": "audio/mpeg", "wav": "audio/wav",
+    "aif": "audio/aiff", "aiff": "audio/aiff", "aifc": "audio/aiff", "mid": "audio/midi", "midi": "audio/midi",
+    "ra": "audio/x-realaudio", "ram": "audio/x-pn-realaudio", "rm": "application/vnd.rn-realmedia",
+    "txt": "text/plain; charset=utf-8", "text": "text/plain; charset=utf-8", "log": "text/plain; charset=utf-8",
+    "rtf": "application/rtf", "ps": "application/postscript", "eps": "application/postscript",
+    "ai": "application/postscript", "vcf": "text/vcard", "vcard": "text/vcard", "stl": "model/stl",
+}
+
+
+def content_type_for(filename: str) -> str:
+    return _CONTENT_TYPES.get(extension_of(filename), "application/octet-stream")

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Protocol
 
 
+WRITE_BATCH = 1024 * 1024
+
+
 class BlobNotFound(Exception):
     pass
 
@@ -48,10 +51,16 @@ class DiskBlobStore:
         temp = final.with_name(f".{key}.part")
         fh = await asyncio.to_thread(open, temp, "wb")
         written = 0
+        pending = bytearray()  # ~1 MiB per write: one thread hop per megabyte, not per chunk
         try:
             async for chunk in chunks:
-                await asyncio.to_thread(fh.write, chunk)
+                pending += chunk
                 written += len(chunk)
+                if len(pending) >= WRITE_BATCH:
+                    await asyncio.to_thread(fh.write, bytes(pending))
+                    pending.clear()
+            if pending:
+                await asyncio.to_thread(fh.write, bytes(pending))
             await asyncio.to_thread(fh.flush)
             await asyncio.to_thread(os.fsync, fh.fileno())
         except BaseException:

@@ -1,0 +1,269 @@
+"""SecureMail end to end through the gateway: gateway, auth-, verify- and mail-service built
+from their factories on real sockets, real PostgreSQL and RabbitMQ, mail delivered to the
+dev SMTP server and read from its files, SMS codes read from the dev outbox.
+
+A paid sender writes to an address with no account, with five attachments → the recipient
+gets an invitation and a "message waiting" mail, neither carrying PHI → registers (with
+2-step verification, as the practice requires by default) → reads the message and
+downloads every file byte-identical → the sender sees the read receipt."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import MultipartWriter, hdrs
+from aiohttp.test_utils import TestServer, unused_port
+
+from msp_auth import store as auth_store
+from msp_auth.app import create_app as create_auth
+from msp_auth.config import AuthSettings
+from msp_auth.keys import HASHER
+from msp_gateway.app import create_app as create_gateway
+from msp_gateway.config import GatewaySettings
+from msp_mail.app import create_app as create_mail
+from msp_mail.config import MailSettings
+from msp_mail.devsmtp import DevSmtpServer
+from msp_shared.bus import Bus
+from msp_shared.clock import ManualClock
+from msp_shared.events import SecureMailGranted, make_envelope
+from msp_shared.web import POOL
+from msp_verify.app import create_app as create_verify
+from msp_verify.config import VerifySettings
+
+PASSWORD = "Tulip-Harbor-42!"
+NEW_RECIPIENT = "new.doctor@example.org"
+PHI = ("Ana Lopez", "tooth 14", "Biopsy result", "lopez-xray.png", "pathology.pdf", "notes.txt", "plan.docx", "ct.dcm")
+FILES = [
+    ("lopez-xray.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 300),
+    ("pathology.pdf", b"%PDF-1.7\n" + b"report " * 40_000),
+    ("notes.txt", "Biopsy result for Ana Lopez.\n".encode() * 100),
+    ("plan.docx", b"PK\x03\x04" + bytes(reversed(range(256))) * 500),
+    ("ct.dcm", b"\x00" * 128 + b"DICM" + bytes(range(256)) * 4000),
+]
+
+
+@dataclass
+class World:
+    gateway: str
+    auth_app: object
+    mail_app: object
+    dev_outbox: Path
+    amqp_url: str
+    exchange: str
+
+
+async def eventually(check, *, timeout: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN201
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_path: Path) -> AsyncIterator[World]:
+    smtp_port = unused_port()
+    servers: list[TestServer] = []
+
+    async def serve(app, port: int | None = None) -> str:  # noqa: ANN001
+        server = TestServer(app, host="127.0.0.1", port=port or unused_port())
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    gateway_port = unused_port()
+    public_url = f"http://127.0.0.1:{gateway_port}"
+    async with DevSmtpServer(dev_outbox, port=smtp_port):
+        auth_app = create_auth(AuthSettings(**base_env, argon2_time_cost=1, argon2_memory_kib=1024, hash_workers=1,
+                                            public_url=public_url, seed_support_email=None, shutdown_grace_seconds=2),
+                               clock=clock)
+        auth_url = await serve(auth_app)
+        verify_url = await serve(create_verify(VerifySettings(**base_env, sms_origin_host="127.0.0.1"), clock=clock))
+        mail_app = create_mail(MailSettings(
+            **base_env, auth_url=auth_url, smtp_port=smtp_port, public_url=public_url, mail_scan_interval_seconds=0.1,
+            attachment_dir=str(tmp_path / "attachments"), shutdown_grace_seconds=2,
+            message_sweep_interval_seconds=3600,
+        ), clock=clock)
+        mail_url = await serve(mail_app)
+        await serve(create_gateway(GatewaySettings(
+            **base_env, auth_url=auth_url, verify_url=verify_url, mail_url=mail_url, billing_url=auth_url,
+            public_url=public_url, shutdown_grace_seconds=2, session_purge_seconds=3600,
+        ), clock=clock), gateway_port)
+        try:
+            yield World(public_url, auth_app, mail_app, dev_outbox, base_env["amqp_url"], base_env["bus_exchange"])
+        finally:
+            for server in reversed(servers):
+                await server.close()
+
+
+class Browser:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf: str | None = None
+
+    async def call(self, method: str, path: str, **kw) -> tuple[int, object, dict]:  # noqa: ANN003
+        headers = dict(kw.pop("headers", {}))
+        if self.csrf and method != "GET":
+            headers["X-CSRF-Token"] = self.csrf
+        async with self.http.request(method, self.base + "/api/v1" + path, headers=headers, **kw) as resp:
+            raw = await resp.read()
+            body = json.loads(raw) if resp.content_type == "application/json" else raw
+            if isinstance(body, dict) and body.get("csrf_token"):
+                self.csrf = body["csrf_token"]
+            return resp.status, body, dict(resp.headers)
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+def mails(outbox: Path) -> list:
+    import email
+    import email.policy
+
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+            for p in sorted((outbox / "mail").glob("*.eml"))]
+
+
+def text_of(message) -> str:  # noqa: ANN001
+    return "".join(part.get_content() for part in message.walk() if part.get_content_maintype() == "text")
+
+
+async def test_send_to_new_recipient_register_read_download_and_receipt(world: World, clock: ManualClock) -> None:
+    # A practice and its paid sender (SecureMail granted by a billing event on the bus).
+    async with world.auth_app[POOL].acquire() as conn:
+        practice = await auth_store.create_practice(conn, name="Bright Smiles Dental", address="1 Main St",
+                                                    phone="+12025550100", identifiers={}, now=clock.now())
+        sender = await auth_store.create_user(
+            conn, email="dr.sender@example.com", practice_id=practice["id"], invited_by_practice=practice["id"],
+            first_name="Dana", last_name="Sender", phone="+12025550123", roles=("member",), two_step_required=False,
+            time_zone="America/New_York", now=clock.now())
+        await auth_store.set_password(conn, sender["id"], await world.auth_app[HASHER].hash(PASSWORD), clock.now())
+        await auth_store.update_user(conn, sender["id"], {"status": "verified", "registered_at": clock.now(),
+                                                          "terms_version": "2026-01"}, clock.now())
+    bus = Bus(world.amqp_url, world.exchange, service="billing-test")
+    await bus.connect()
+    await bus.publish(make_envelope(SecureMailGranted(user_id=sender["id"], paid_by=sender["id"])))
+    await bus.close()
+    await eventually(lambda: world.mail_app[POOL].fetchval(
+        "SELECT count(*) FROM securemail_accounts WHERE user_id = $1", sender["id"]), what="grant")
+
+    alice = Browser(world.gateway)
+    bob = Browser(world.gateway)
+    try:
+        status, body, _ = await alice.call("POST", "/session", json={"email": "dr.sender@example.com", "password": PASSWORD})
+        assert status == 200, body
+
+        writer = MultipartWriter("form-data")
+        part = writer.append(json.dumps({"to": [NEW_RECIPIENT], "subject": "Ana Lopez tooth 14",
+                                         "body": "Biopsy result attached."}), {hdrs.CONTENT_TYPE: "application/json"})
+        part.set_content_disposition("form-data", name="message")
+        for name, data in FILES:
+            part = writer.append(data, {hdrs.CONTENT_TYPE: "application/octet-stream"})
+            part.set_content_disposition("form-data", name="file", filename=name)
+        status, sent, _ = await alice.call("POST", "/messages", data=writer)
+        assert status == 201, sent
+        message_id = sent["id"]
+
+        # Two mails reach the SMTP server: the invitation and the notification, neither with PHI.
+        delivered = await eventually(lambda: (m := mails(world.dev_outbox)) and len(m) >= 2 and m, what="two mails")
+        assert sorted(m["To"] for m in delivered) == [NEW_RECIPIENT, NEW_RECIPIENT]
+        by_subject = {m["Subject"]: m for m in delivered}
+        invitation = by_subject["Bright Smiles Dental invites you to SecurePractice"]
+        waiting = by_subject["New secure message from Bright Smiles Dental"]
+        for mail in delivered:
+            whole = mail.as_string() + text_of(mail)
+            for secret in PHI:
+                assert secret not in whole
+        assert f"/#/messages/{message_id}" in text_of(waiting)
+        link = re.search(r"https?://\S+register\?token=[\w-]+", text_of(invitation)).group(0)
+        token = parse_qs(urlsplit(urlsplit(link).fragment).query)["token"][0]
+
+        # The recipient registers; 2-step applies, and until the phone is proved nothing is readable.
+        status, invite, _ = await bob.call("GET", f"/invitations/{token}")
+        assert status == 200 and invite["two_step_required"] is True
+        status, reg, _ = await bob.call("POST", "/registrations", json={
+            "token": token, "first_name": "Sam", "last_name": "Doctor", "password": PASSWORD, "phone": "+12025550177",
+            "terms_version": invite["terms_version"], "accept_terms": True})
+        assert status == 201, reg
+        assert reg["restriction"] == "verification_required"
+        status, refused, _ = await bob.call("GET", f"/messages/{message_id}")
+        assert status == 403 and refused["error"] == "verification_required"
+
+        status, sent_code, _ = await bob.call("POST", "/verifications", json={"ticket": reg["verification"]["ticket"], "channel": "sms"})
+        assert status == 201, sent_code
+        sms = await eventually(lambda: (world.dev_outbox / "sms.jsonl").exists()
+                               and (world.dev_outbox / "sms.jsonl").read_text().strip().splitlines(), what="sms")
+        code = re.search(r"\b(\d{6})\b", json.loads(sms[-1])["body"]).group(1)
+        status, checked, _ = await bob.call("POST", f"/verifications/{sent_code['id']}/check", json={"code": code})
+        assert status == 200, checked
+        status, done, _ = await bob.call("POST", "/registrations/verify", json={"proof": checked["proof"]})
+        assert status == 200, done
+        assert done["restriction"] is None
+
+        # Inbox, the message, and every file byte-identical through the gateway.
+        status, inbox, _ = await bob.call("GET", "/messages?folder=inbox")
+        assert status == 200 and [m["id"] for m in inbox["messages"]] == [message_id]
+        status, opened, _ = await bob.call("GET", f"/messages/{message_id}")
+        assert status == 200 and opened["subject"] == "Ana Lopez tooth 14"
+        assert [a["filename"] for a in opened["attachments"]] == [name for name, _ in FILES]
+        for att, (name, data) in zip(opened["attachments"], FILES):
+            status, got, headers = await bob.call("GET", f"/messages/{message_id}/attachments/{att['id']}")
+            assert status == 200
+            assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            assert headers["Content-Disposition"].startswith("attachment;")
+        status, part_got, headers = await bob.call(
+            "GET", f"/messages/{message_id}/attachments/{opened['attachments'][4]['id']}", headers={"Range": "bytes=128-131"})
+        assert status == 206 and part_got == b"DICM"
+
+        # The sender sees the read receipt, and the disclosure log names each open and download.
+        status, mine, _ = await alice.call("GET", f"/messages/{message_id}")
+        assert [(r["email"], r["first_opened_at"] is not None) for r in mine["to"]] == [(NEW_RECIPIENT, True)]
+        status, log, _ = await alice.call("GET", f"/messages/{message_id}/disclosures")
+        actions = [d["action"] for d in log["disclosures"] if d["user_id"] != str(sender["id"])]
+        assert actions == ["open"] + ["download"] * 6
+
+        # A stranger signed in through the gateway gets 404 for the message and its files.
+        async with world.auth_app[POOL].acquire() as conn:
+            other = await auth_store.create_user(
+                conn, email="colleague@example.com", practice_id=practice["id"], invited_by_practice=practice["id"],
+                first_name="Col", last_name="League", phone=None, roles=("member",), two_step_required=False,
+                time_zone="America/New_York", now=clock.now())
+            await auth_store.set_password(conn, other["id"], await world.auth_app[HASHER].hash(PASSWORD), clock.now())
+            await auth_store.update_user(conn, other["id"], {"status": "verified", "registered_at": clock.now(),
+                                                             "terms_version": "2026-01"}, clock.now())
+        eve = Browser(world.gateway)
+        try:
+            status, _, _ = await eve.call("POST", "/session", json={"email": "colleague@example.com", "password": PASSWORD})
+            assert status == 200
+            assert (await eve.call("GET", f"/messages/{message_id}"))[0] == 404
+            for att in opened["attachments"]:
+                assert (await eve.call("GET", f"/messages/{message_id}/attachments/{att['id']}"))[0] == 404
+            assert (await eve.call("GET", f"/messages/{uuid.uuid4()}"))[0] == 404
+            # An unpaid user cannot start a message.
+            writer = MultipartWriter("form-data")
+            part = writer.append(json.dumps({"to": ["x@example.org"], "subject": "s"}), {hdrs.CONTENT_TYPE: "application/json"})
+            part.set_content_disposition("form-data", name="message")
+            status, refused, _ = await eve.call("POST", "/messages", data=writer)
+            assert status == 403 and refused["error"] == "securemail_required"
+        finally:
+            await eve.close()
+    finally:
+        await alice.close()
+        await bob.close()
