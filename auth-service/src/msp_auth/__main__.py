@@ -7,8 +7,7 @@ import sys
 
 from msp_shared import db
 from msp_shared.clock import SystemClock
-from msp_shared.logs import setup_logging
-from msp_shared.web import run
+from msp_shared.cli import service_main
 
 from . import blocklist
 from .app import MIGRATIONS, create_app
@@ -29,22 +28,9 @@ async def _seed(settings: AuthSettings) -> None:
         await pool.close()
 
 
-def main(argv: list[str]) -> int:
-    settings = AuthSettings()
-    command = argv[0] if argv else "serve"
-    if command == "serve":
-        run(lambda: create_app(settings), settings)
-    elif command == "migrate":
-        setup_logging(settings.service_name, settings.log_level, settings.log_format)
-        asyncio.run(db.migrate(settings.database_url, "auth", MIGRATIONS))
-    elif command == "seed":
-        setup_logging(settings.service_name, settings.log_level, settings.log_format)
-        asyncio.run(_seed(settings))
-    else:
-        print("usage: python -m msp_auth [serve|migrate|seed]", file=sys.stderr)
-        return 2
-    return 0
+def _seed_command(settings: AuthSettings) -> None:
+    asyncio.run(_seed(settings))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(service_main(AuthSettings, create_app, schema="auth", migrations=MIGRATIONS, extra={"seed": _seed_command}))
