@@ -81,16 +81,21 @@ def _to_ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, *, seconds: int = 8, connections: int = 32, threads: int = 1, headers: dict[str, str] | None = None) -> dict:
-    """One wrk run; returns req/s and p50/p99 latency in ms."""
+def wrk(url: str, *, seconds: int = 8, connections: int = 32, threads: int = 1, headers: dict[str, str] | None = None,
+        script: str | None = None) -> dict:
+    """One wrk run (optionally with a Lua script, `wrk -s`); returns req/s and p50/p99 latency in ms."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
     cmd = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
+    if script:
+        cmd += ["-s", script]
     out = subprocess.run([*cmd, url], check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
+    if "99" not in lat:
+        raise RuntimeError(f"wrk gave no latency distribution:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     return {

@@ -18,6 +18,7 @@ apt_install() {
 command -v psql >/dev/null && ls /etc/postgresql/*/main >/dev/null 2>&1 || apt_install postgresql postgresql-client
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
 command -v curl >/dev/null || apt_install curl
+[ -x /usr/bin/chromium ] || apt_install chromium  # the browser tests (tests/e2e) drive Debian's Chromium
 
 # PostgreSQL: start the cluster if it is not accepting connections.
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then

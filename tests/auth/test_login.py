@@ -141,3 +141,16 @@ async def test_hash_with_old_parameters_is_upgraded_at_login(auth: Auth) -> None
     await auth.pool.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user["id"], old)
     assert (await auth.login("hal@example.org", GOOD_PASSWORD)).status == 200
     assert "m=1024" in (await auth.user(user["id"]))["password_hash"]
+
+
+def test_hash_workers_run_at_lower_priority_than_the_event_loop() -> None:
+    # A burst of logins must not starve every other request: the OS prefers the event loop.
+    import os
+
+    from msp_auth.hashing import Argon2Params, Hasher
+
+    hasher = Hasher(Argon2Params(time_cost=1, memory_kib=1024), workers=1, nice=5)
+    try:
+        assert hasher._pool.submit(os.nice, 0).result(timeout=30) == os.nice(0) + 5
+    finally:
+        hasher.close()

@@ -2,11 +2,14 @@
 rotation, and revocation of all of a user's sessions by an event from auth-service."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import datetime, timezone
 
 import asyncpg
 
+from msp_gateway import store
+from msp_gateway.http import GATEWAY
 from msp_shared.bus import Bus
 from msp_shared.events import SessionsRevoked, make_envelope
 
@@ -128,6 +131,33 @@ async def test_logout_ends_the_session_and_the_old_cookie_is_worthless(browser, 
     assert status == 401 and body["error"] == "session_expired"
     # logout again is harmless
     assert (await replay.send("DELETE", "/api/v1/session", csrf=False))[0] == 204
+
+
+async def test_a_stale_session_is_read_once_for_all_requests_waiting_on_it(browser, gateway, clock, monkeypatch):
+    assert (await browser.login()).status == 200
+    cookie, sessions = browser.cookie(), gateway.app[GATEWAY].sessions
+    reads = []
+    real_read = store.get_session
+
+    async def counted(pool, key):  # noqa: ANN001, ANN202
+        reads.append(key)
+        return await real_read(pool, key)
+
+    monkeypatch.setattr(store, "get_session", counted)
+    sessions._cache.clear()  # as when the cached copy has gone stale
+    results = await asyncio.gather(*(sessions.resolve(cookie, clock.now()) for _ in range(20)))
+    assert all(session is not None for session, _ in results) and len(reads) == 1
+
+
+async def test_a_read_racing_a_logout_is_neither_shared_nor_cached(browser, gateway, clock):
+    assert (await browser.login()).status == 200
+    cookie, sessions = browser.cookie(), gateway.app[GATEWAY].sessions
+    sessions._cache.clear()
+    racing = asyncio.ensure_future(sessions.resolve(cookie, clock.now()))
+    await asyncio.sleep(0)  # its database read is in flight
+    await sessions.end_cookie(cookie)
+    assert await sessions.resolve(cookie, clock.now()) == (None, "unknown")
+    await racing
 
 
 async def test_a_new_login_rotates_the_previous_session(browser, database_url):

@@ -8,36 +8,21 @@ gets an invitation and a "message waiting" mail, neither carrying PHI → regist
 downloads every file byte-identical → the sender sees the read receipt."""
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
-import pytest
 from aiohttp import MultipartWriter, hdrs
-from aiohttp.test_utils import TestServer, unused_port
+from stack import Browser, Stack, eventually, mails, text_of
 
 from msp_auth import store as auth_store
-from msp_auth.app import create_app as create_auth
-from msp_auth.config import AuthSettings
 from msp_auth.keys import HASHER
-from msp_gateway.app import create_app as create_gateway
-from msp_gateway.config import GatewaySettings
-from msp_mail.app import create_app as create_mail
-from msp_mail.config import MailSettings
-from msp_mail.devsmtp import DevSmtpServer
 from msp_shared.bus import Bus
 from msp_shared.clock import ManualClock
 from msp_shared.events import SecureMailGranted, make_envelope
 from msp_shared.web import POOL
-from msp_verify.app import create_app as create_verify
-from msp_verify.config import VerifySettings
 
 PASSWORD = "Tulip-Harbor-42!"
 NEW_RECIPIENT = "new.doctor@example.org"
@@ -51,120 +36,27 @@ FILES = [
 ]
 
 
-@dataclass
-class World:
-    gateway: str
-    auth_app: object
-    mail_app: object
-    dev_outbox: Path
-    amqp_url: str
-    exchange: str
-
-
-async def eventually(check, *, timeout: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN201
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def world(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_path: Path) -> AsyncIterator[World]:
-    smtp_port = unused_port()
-    servers: list[TestServer] = []
-
-    async def serve(app, port: int | None = None) -> str:  # noqa: ANN001
-        server = TestServer(app, host="127.0.0.1", port=port or unused_port())
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    gateway_port = unused_port()
-    public_url = f"http://127.0.0.1:{gateway_port}"
-    async with DevSmtpServer(dev_outbox, port=smtp_port):
-        auth_app = create_auth(AuthSettings(**base_env, argon2_time_cost=1, argon2_memory_kib=1024, hash_workers=1,
-                                            public_url=public_url, seed_support_email=None, shutdown_grace_seconds=2),
-                               clock=clock)
-        auth_url = await serve(auth_app)
-        verify_url = await serve(create_verify(VerifySettings(**base_env, sms_origin_host="127.0.0.1"), clock=clock))
-        mail_app = create_mail(MailSettings(
-            **base_env, auth_url=auth_url, smtp_port=smtp_port, public_url=public_url, mail_scan_interval_seconds=0.1,
-            attachment_dir=str(tmp_path / "attachments"), shutdown_grace_seconds=2,
-            message_sweep_interval_seconds=3600,
-        ), clock=clock)
-        mail_url = await serve(mail_app)
-        await serve(create_gateway(GatewaySettings(
-            **base_env, auth_url=auth_url, verify_url=verify_url, mail_url=mail_url, billing_url=auth_url,
-            public_url=public_url, shutdown_grace_seconds=2, session_purge_seconds=3600,
-        ), clock=clock), gateway_port)
-        try:
-            yield World(public_url, auth_app, mail_app, dev_outbox, base_env["amqp_url"], base_env["bus_exchange"])
-        finally:
-            for server in reversed(servers):
-                await server.close()
-
-
-class Browser:
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.csrf: str | None = None
-
-    async def call(self, method: str, path: str, **kw) -> tuple[int, object, dict]:  # noqa: ANN003
-        headers = dict(kw.pop("headers", {}))
-        if self.csrf and method != "GET":
-            headers["X-CSRF-Token"] = self.csrf
-        async with self.http.request(method, self.base + "/api/v1" + path, headers=headers, **kw) as resp:
-            raw = await resp.read()
-            body = json.loads(raw) if resp.content_type == "application/json" else raw
-            if isinstance(body, dict) and body.get("csrf_token"):
-                self.csrf = body["csrf_token"]
-            return resp.status, body, dict(resp.headers)
-
-    async def close(self) -> None:
-        await self.http.close()
-
-
-def mails(outbox: Path) -> list:
-    import email
-    import email.policy
-
-    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-            for p in sorted((outbox / "mail").glob("*.eml"))]
-
-
-def text_of(message) -> str:  # noqa: ANN001
-    return "".join(part.get_content() for part in message.walk() if part.get_content_maintype() == "text")
-
-
-async def test_send_to_new_recipient_register_read_download_and_receipt(world: World, clock: ManualClock) -> None:
+async def test_send_to_new_recipient_register_read_download_and_receipt(stack: Stack, clock: ManualClock) -> None:
     # A practice and its paid sender (SecureMail granted by a billing event on the bus).
-    async with world.auth_app[POOL].acquire() as conn:
+    async with stack.auth_app[POOL].acquire() as conn:
         practice = await auth_store.create_practice(conn, name="Bright Smiles Dental", address="1 Main St",
                                                     phone="+12025550100", identifiers={}, now=clock.now())
         sender = await auth_store.create_user(
             conn, email="dr.sender@example.com", practice_id=practice["id"], invited_by_practice=practice["id"],
             first_name="Dana", last_name="Sender", phone="+12025550123", roles=("member",), two_step_required=False,
             time_zone="America/New_York", now=clock.now())
-        await auth_store.set_password(conn, sender["id"], await world.auth_app[HASHER].hash(PASSWORD), clock.now())
+        await auth_store.set_password(conn, sender["id"], await stack.auth_app[HASHER].hash(PASSWORD), clock.now())
         await auth_store.update_user(conn, sender["id"], {"status": "verified", "registered_at": clock.now(),
                                                           "terms_version": "2026-01"}, clock.now())
-    bus = Bus(world.amqp_url, world.exchange, service="billing-test")
+    bus = Bus(stack.amqp_url, stack.exchange, service="billing-test")
     await bus.connect()
     await bus.publish(make_envelope(SecureMailGranted(user_id=sender["id"], paid_by=sender["id"])))
     await bus.close()
-    await eventually(lambda: world.mail_app[POOL].fetchval(
+    await eventually(lambda: stack.mail_app[POOL].fetchval(
         "SELECT count(*) FROM securemail_accounts WHERE user_id = $1", sender["id"]), what="grant")
 
-    alice = Browser(world.gateway)
-    bob = Browser(world.gateway)
+    alice = Browser(stack.gateway)
+    bob = Browser(stack.gateway)
     try:
         status, body, _ = await alice.call("POST", "/session", json={"email": "dr.sender@example.com", "password": PASSWORD})
         assert status == 200, body
@@ -181,7 +73,7 @@ async def test_send_to_new_recipient_register_read_download_and_receipt(world: W
         message_id = sent["id"]
 
         # Two mails reach the SMTP server: the invitation and the notification, neither with PHI.
-        delivered = await eventually(lambda: (m := mails(world.dev_outbox)) and len(m) >= 2 and m, what="two mails")
+        delivered = await eventually(lambda: (m := mails(stack.dev_outbox)) and len(m) >= 2 and m, what="two mails")
         assert sorted(m["To"] for m in delivered) == [NEW_RECIPIENT, NEW_RECIPIENT]
         by_subject = {m["Subject"]: m for m in delivered}
         invitation = by_subject["Bright Smiles Dental invites you to SecurePractice"]
@@ -207,8 +99,8 @@ async def test_send_to_new_recipient_register_read_download_and_receipt(world: W
 
         status, sent_code, _ = await bob.call("POST", "/verifications", json={"ticket": reg["verification"]["ticket"], "channel": "sms"})
         assert status == 201, sent_code
-        sms = await eventually(lambda: (world.dev_outbox / "sms.jsonl").exists()
-                               and (world.dev_outbox / "sms.jsonl").read_text().strip().splitlines(), what="sms")
+        sms = await eventually(lambda: (stack.dev_outbox / "sms.jsonl").exists()
+                               and (stack.dev_outbox / "sms.jsonl").read_text().strip().splitlines(), what="sms")
         code = re.search(r"\b(\d{6})\b", json.loads(sms[-1])["body"]).group(1)
         status, checked, _ = await bob.call("POST", f"/verifications/{sent_code['id']}/check", json={"code": code})
         assert status == 200, checked
@@ -240,15 +132,15 @@ async def test_send_to_new_recipient_register_read_download_and_receipt(world: W
         assert actions == ["open"] + ["download"] * 6
 
         # A stranger signed in through the gateway gets 404 for the message and its files.
-        async with world.auth_app[POOL].acquire() as conn:
+        async with stack.auth_app[POOL].acquire() as conn:
             other = await auth_store.create_user(
                 conn, email="colleague@example.com", practice_id=practice["id"], invited_by_practice=practice["id"],
                 first_name="Col", last_name="League", phone=None, roles=("member",), two_step_required=False,
                 time_zone="America/New_York", now=clock.now())
-            await auth_store.set_password(conn, other["id"], await world.auth_app[HASHER].hash(PASSWORD), clock.now())
+            await auth_store.set_password(conn, other["id"], await stack.auth_app[HASHER].hash(PASSWORD), clock.now())
             await auth_store.update_user(conn, other["id"], {"status": "verified", "registered_at": clock.now(),
                                                              "terms_version": "2026-01"}, clock.now())
-        eve = Browser(world.gateway)
+        eve = Browser(stack.gateway)
         try:
             status, _, _ = await eve.call("POST", "/session", json={"email": "colleague@example.com", "password": PASSWORD})
             assert status == 200

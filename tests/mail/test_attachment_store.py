@@ -105,3 +105,31 @@ async def test_plaintext_is_not_on_disk(tmp_path: Path) -> None:
     data = b"%PDF-" + b"PATIENT NAME: Jane Roe " * 5000
     await store_encrypted(store, KEYS, "p1", "x.pdf", _stream(data), AttachmentBudget())
     assert b"Jane Roe" not in (tmp_path / "p1").read_bytes()
+
+
+@pytest.mark.parametrize("piece", [10_000, 1024 * 1024])
+async def test_whole_chunks_across_several_seal_batches(tmp_path: Path, piece: int) -> None:
+    # an exact multiple of the chunk size spanning several worker batches: the held-back
+    # final chunk is the one sealed as last, and the file holds exactly the sealed chunks
+    from msp_mail.attachments import SEAL_BATCH
+    from msp_mail.crypto import sealed_size
+
+    store = DiskBlobStore(tmp_path)
+    data = b"%PDF-" + os.urandom(3 * SEAL_BATCH - 5)
+    att = await store_encrypted(store, KEYS, "w1", "x.pdf", _stream(data, piece), AttachmentBudget())
+    assert att.size == len(data) and att.sha256 == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "w1").stat().st_size == sealed_size(len(data))
+    assert await _read(store, att) == data
+    assert await _read(store, att, len(data) - CHUNK_SIZE - 1) == data[-CHUNK_SIZE - 1 :]
+
+
+async def test_budget_crossed_after_batches_were_written_leaves_nothing_behind(tmp_path: Path) -> None:
+    from msp_mail.attachments import SEAL_BATCH
+
+    store = DiskBlobStore(tmp_path)
+    with pytest.raises(AttachmentRefused) as refused:
+        await store_encrypted(
+            store, KEYS, "big2", "a.txt", _stream(os.urandom(4 * SEAL_BATCH), 64 * 1024), AttachmentBudget(limit=3 * SEAL_BATCH)
+        )
+    assert refused.value.refusal.code == "too_large"
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary part

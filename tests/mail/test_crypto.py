@@ -51,3 +51,20 @@ def test_master_key_rotation_rewraps_without_touching_data() -> None:
     assert MasterKeys.parse(f"k2:{new}").unwrap(rewrapped, "f1") == data_key
     with pytest.raises(TamperedError):
         keys_v2.unwrap(wrapped, "another-file")
+
+
+def test_sealing_a_batch_gives_the_same_chunks_as_sealing_one_by_one() -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from msp_mail.crypto import SEALED_CHUNK_SIZE, seal_chunks, sealed_size
+
+    key, data = new_data_key(), os.urandom(3 * CHUNK_SIZE + 17)
+    out = bytes(seal_chunks(AESGCM(key), "f1", 5, memoryview(data), last=True))
+    assert len(out) == sealed_size(len(data))
+    sealed = [out[i : i + SEALED_CHUNK_SIZE] for i in range(0, len(out), SEALED_CHUNK_SIZE)]
+    assert b"".join(open_chunk(key, "f1", 5 + i, s, last=i == 3) for i, s in enumerate(sealed)) == data
+    assert len({s[:12] for s in sealed}) == 4  # a fresh nonce per chunk
+    middle = bytes(seal_chunks(AESGCM(key), "f1", 0, data[: 2 * CHUNK_SIZE], last=False))
+    with pytest.raises(TamperedError):
+        open_chunk(key, "f1", 1, middle[SEALED_CHUNK_SIZE:], last=True)  # not the last: cannot pass as a truncated end
+    assert open_chunk(key, "f1", 0, bytes(seal_chunks(AESGCM(key), "f1", 0, b"", last=True)), last=True) == b""

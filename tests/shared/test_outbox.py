@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aio_pika
 import asyncpg
 import pytest
 from aiohttp import web
@@ -25,6 +26,7 @@ from bus_testkit import (  # noqa: F401
 from msp_shared import outbox
 from msp_shared.bus import Bus, bus_ctx
 from msp_shared.config import ServiceSettings
+from msp_shared.events import Envelope
 from msp_shared.inbox import idempotent
 from msp_shared.outbox import OutboxRelay, outbox_relay_ctx
 from msp_shared.web import BUS, POOL, service_app
@@ -219,3 +221,43 @@ async def test_a_service_app_wires_pool_bus_relay_and_readiness(base_env: dict, 
         not_ready = await client.get("/readyz")
         assert not_ready.status == 503
         assert (await not_ready.json())["problems"] == {"broker": "BusNotConnected"}
+
+
+async def test_the_relay_publishes_the_stored_envelope_persistently_in_commit_order(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, amqp_url: str,
+    exchange_name: str, relays: list[OutboxRelay],
+) -> None:
+    # The relay sends the row's stored JSON as it is (no re-serialising): what arrives must
+    # still be the same envelope, with the message properties consumers and the DLQ rely on.
+    publisher = make_bus(service="demo-relay")
+    await publisher.connect()
+    spy = await aio_pika.connect(amqp_url)
+    try:
+        channel = await spy.channel()
+        exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key=TYPE)
+        written = []
+        for n in range(3):
+            async with demo_pool.acquire() as conn, conn.transaction():
+                written.append(await outbox.add(conn, ThingHappened(n=n)))
+        relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo")
+        relays.append(relay)
+        await relay.start()
+
+        received = [await _next(queue) for _ in written]
+        assert [Envelope.model_validate_json(m.body) for m in received] == written  # same order too
+        for message, envelope in zip(received, written):
+            assert message.message_id == str(envelope.id)
+            assert message.type == TYPE and message.routing_key == TYPE
+            assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+            assert message.content_type == "application/json"
+            assert message.app_id == "demo-relay"
+            assert message.timestamp is not None
+            await message.ack()
+    finally:
+        await spy.close()
+
+
+async def _next(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+    return await eventually(lambda: queue.get(fail=False), what="the next relayed message")

@@ -233,6 +233,28 @@ async def test_middleware_starts_a_trace_when_none_or_a_forged_one_comes_in(span
     assert len({s.context.trace_id for s in server_spans}) == 3
 
 
+async def test_without_an_exporter_the_middleware_makes_no_span_but_passes_the_callers_trace_on(client) -> None:  # noqa: ANN001
+    telemetry.setup_tracing(ServiceSettings(tracing_exporter="none"))
+    session, server = client
+    async with session.get(server.make_url("/things/1"), headers={"traceparent": TRACEPARENT, "tracestate": "vendor=1"}) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    caller = (int(TRACE_ID, 16), int(PARENT_ID, 16), True)
+    assert ids(body["carrier"]["traceparent"]) == caller  # what the outbox stores
+    assert ids(body["outgoing"]["traceparent"]) == caller and body["outgoing"]["tracestate"] == "vendor=1"
+    for headers in ({}, {"traceparent": "00-not-a-trace-01"}, {"traceparent": f"00-{'0' * 32}-{PARENT_ID}-01"}):
+        async with session.get(server.make_url("/things/1"), headers=headers) as resp:
+            assert await resp.json() == {"carrier": {}, "outgoing": {}}  # nothing made up, nothing forged passed on
+
+    # The choice is read per request: once an exporter is set up, requests get their spans again.
+    exporter = InMemorySpanExporter()
+    telemetry.setup_tracing(ServiceSettings(), exporter=exporter)
+    async with session.get(server.make_url("/things/1"), headers={"traceparent": TRACEPARENT}) as resp:
+        body = await resp.json()
+    span = only(exporter, SpanKind.SERVER)
+    assert ids(body["outgoing"]["traceparent"]) == (int(TRACE_ID, 16), span.context.span_id, True)
+
+
 async def test_middleware_records_an_unhandled_error_by_type_only(spans: InMemorySpanExporter, client) -> None:  # noqa: ANN001
     session, server = client
     async with session.get(server.make_url("/things/1?fail=1")) as resp:

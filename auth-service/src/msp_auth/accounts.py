@@ -169,6 +169,11 @@ async def session_answer(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record,
     """The answer of every endpoint that signs a user in: the grant for the gateway, the profile
     for the client."""
     practice = await store.get_practice(conn, user["practice_id"])
+    return signed_in(c, user, practice, status=status, **extra)
+
+
+def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200, **extra: Any) -> web.Response:
+    """session_answer when the caller already has the user's practice (login reads both at once)."""
     body = {
         "grant": grant(user, restriction_for(c.settings, user, c.now)),
         "user": public_user(c.settings, user, practice, c.now),

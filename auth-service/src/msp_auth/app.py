@@ -62,6 +62,7 @@ async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
             salt_len=settings.argon2_salt_len,
         ),
         workers=settings.hash_workers,
+        nice=settings.hash_worker_nice,
     )
     try:
         await hasher.start()

@@ -31,6 +31,13 @@ class AuthSettings(ServiceSettings):
     hash_workers: int = Field(
         0, ge=0, description="Processes hashing passwords off the event loop; 0 = one per CPU core."
     )
+    hash_worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to the hashing processes, so that under a burst of logins the OS runs "
+        "the event loops (every other request) before hashes; 0 = same priority.",
+    )
 
     # Password rules.
     password_policy: Literal["practice_portal", "nist_rev4"] = Field(

@@ -64,14 +64,27 @@ def matches_any(params: Argon2Params, encoded: list[str], password: str) -> bool
     return found
 
 
+def _lower_priority(nice: int) -> None:
+    """Worker initializer: hashes run at a lower OS priority than the event loops, so a burst
+    of logins saturating every core does not delay cheap requests (measured: bench/login.py)."""
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed here: hash at normal priority
+            pass
+
+
 class Hasher:
     """The async face of the pool. One per process, created and closed by the app."""
 
-    def __init__(self, params: Argon2Params, workers: int = 0) -> None:
+    def __init__(self, params: Argon2Params, workers: int = 0, *, nice: int = 0) -> None:
         self.params = params
         self.workers = workers or os.cpu_count() or 1
         # forkserver: workers start from a clean process, not a fork of a threaded event loop.
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_lower_priority, initargs=(nice,),
+        )
         self._dummy: str | None = None
 
     async def _run(self, fn, *args):  # noqa: ANN001, ANN202 - thin wrapper

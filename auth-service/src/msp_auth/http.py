@@ -21,7 +21,7 @@ from msp_shared.web import read_model, require_user
 from . import lockout, phones, policy, store, tokens
 from .accounts import (
     PASSWORD_RESET, REGISTRATION, SERVICE, Ctx, check_proof, consume_proof, ctx, password_violations, public_user,
-    refuse, revoke_sessions, rules, session_answer, two_step_applies, verification,
+    refuse, revoke_sessions, rules, session_answer, signed_in, two_step_applies, verification,
 )
 
 INVALID_CREDENTIALS = ApiError(401, "invalid_credentials", "The email or password is not right.")
@@ -120,6 +120,14 @@ async def login(request: web.Request) -> web.Response:
         locked=bool(user and user["locked_at"] is not None),
         reset_required=bool(user and user["password_reset_required"]),
     )
+    if result is lockout.LoginOutcome.OK and user is not None and not new_hash:
+        # The common case in one statement (no transaction round trips): count the login and
+        # audit it only if the row, locked, still has this password and no lock or reset landed
+        # while hashing; otherwise fall through to the full path below, which refuses.
+        async with c.pool.acquire() as conn:
+            signed = await store.sign_in(conn, user["id"], user["password_hash"], now=c.now, ip=c.ip)
+        if signed is not None:
+            return signed_in(c, *signed)
     async with c.pool.acquire() as conn:
         async with conn.transaction():
             if user is None or user["password_hash"] is None:

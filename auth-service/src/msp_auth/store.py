@@ -186,6 +186,29 @@ async def record_login(conn: asyncpg.Connection, user_id: uuid.UUID, now: dateti
     await conn.execute("UPDATE users SET failed_logins = 0, last_login_at = $2 WHERE id = $1", user_id, now)
 
 
+async def sign_in(conn: asyncpg.Connection, user_id: uuid.UUID, password_hash: str, *, now: datetime,
+                  ip: str | None) -> tuple[Record, dict[str, Any] | None] | None:
+    """A successful login in one statement: reset the failure count, stamp last_login_at and
+    write the audit row, only if the row (locked, so concurrent attempts wait) still has the
+    password just verified and is neither locked nor waiting for a reset. Returns the fresh
+    user and its practice, or None when that no longer holds (the caller re-reads and refuses)."""
+    row = await conn.fetchrow(
+        "WITH u AS ("
+        " UPDATE users SET failed_logins = 0, last_login_at = $3"
+        " WHERE id = $1 AND password_hash = $2 AND locked_at IS NULL AND NOT password_reset_required"
+        " RETURNING *"
+        "), a AS ("
+        " INSERT INTO audit_log (at, actor_id, subject_id, practice_id, action, outcome, ip, details)"
+        " SELECT $3, u.id, u.id, u.practice_id, 'login', 'ok', $4, '{}'::jsonb FROM u"
+        ") SELECT u.*, (SELECT to_jsonb(p) FROM practices p WHERE p.id = u.practice_id) AS practice_json FROM u",
+        user_id, password_hash, now, ip,
+    )
+    if row is None:
+        return None
+    practice = row["practice_json"]
+    return row, (json.loads(practice) if isinstance(practice, str) else practice)
+
+
 async def record_wrong_password(conn: asyncpg.Connection, user_id: uuid.UUID, failures: int, lock_at: datetime | None) -> None:
     await conn.execute(
         "UPDATE users SET failed_logins = $2, locked_at = COALESCE(locked_at, $3) WHERE id = $1", user_id, failures, lock_at

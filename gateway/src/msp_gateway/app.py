@@ -20,7 +20,7 @@ from msp_shared.web import POOL, service_app
 from . import csrf, events, ratelimit
 from .client_ip import parse_networks
 from .config import GatewaySettings
-from .http import GATEWAY, Gateway, add_routes, on_response_prepare, session_middleware
+from .http import GATEWAY, Gateway, add_routes, gateway_middleware
 from .session_rules import SessionPolicy, cookie_secure
 from .sessions import SessionManager
 from .store import PostgresRateStore
@@ -39,8 +39,8 @@ def _derive(secret: bytes, label: str) -> bytes:
 def create_app(settings: GatewaySettings | None = None, *, clock: Clock | None = None) -> web.Application:
     settings = settings or GatewaySettings()
     clock = clock or SystemClock()
-    app = service_app(settings, schema=SCHEMA, migrations=MIGRATIONS, clock=clock, check_identity=False)
-    app.middlewares.append(session_middleware)
+    # one middleware of its own: tracing, errors, sessions and security headers in one layer
+    app = service_app(settings, schema=SCHEMA, migrations=MIGRATIONS, clock=clock, middlewares=[gateway_middleware])
     secret = settings.identity_secret.get_secret_value().encode()
     app[GATEWAY] = Gateway(
         settings=settings,
@@ -65,7 +65,6 @@ def create_app(settings: GatewaySettings | None = None, *, clock: Clock | None =
     )
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(bus_ctx(subscribe=events.subscribe))
-    app.on_response_prepare.append(on_response_prepare)
     add_routes(app)
     return app
 

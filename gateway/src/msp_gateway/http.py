@@ -8,6 +8,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from msp_shared import identity
+from msp_shared import identity, telemetry
 from msp_shared.clock import Clock
 from msp_shared.errors import ApiError, slow_down, too_large
+from msp_shared.web import exception_response
 
-from . import csrf, proxy, ratelimit
+from . import csrf, openapi, proxy, ratelimit
 from .client_ip import Network, client_ip
 from .config import GatewaySettings
 from .routing import PREFIX, UNSAFE_METHODS, is_upload, service_for
@@ -40,7 +42,9 @@ CLEAR_COOKIE = web.RequestKey("msp.gw.clear_cookie", bool)
 
 # Upstream paths a browser with a dead cookie may still use, signed out: signing in again and
 # the flows that lead there.
-_ANONYMOUS_OK = ("/session", "/password/forgot", "/password/reset", "/registrations", "/invitations", "/verifications")
+_ANONYMOUS_OK = (
+    "/session", "/password/forgot", "/password/reset", "/registrations", "/invitations", "/verifications", "/openapi.json",
+)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; object-src 'none'; "
@@ -84,9 +88,36 @@ def _anonymous_ok(upstream_path: str) -> bool:
 
 
 @web.middleware
-async def session_middleware(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
-    if not request.path.startswith("/api/"):
-        return await handler(request)
+async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+    """The gateway's one middleware: tracing, errors in the API's shape, the session step
+    and the security headers, folded into one layer (each aiohttp layer costs per request).
+    A SERVER span (or an incoming trace context) goes through the shared tracing middleware."""
+    if telemetry.spans_wanted() or "traceparent" in request.headers:
+        return await telemetry.tracing_middleware(request, partial(_guarded, handler=handler))
+    return await _guarded(request, handler)
+
+
+async def _guarded(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+    try:
+        if request.path.startswith("/api/"):
+            await _session_step(request)
+        response = await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = exception_response(request, exc)
+        if error is None:  # a redirect (HTTPException below 400) propagates, with its headers
+            if isinstance(exc, web.HTTPException):
+                security_headers(request, exc)
+            raise
+        response = error
+    if not response.prepared:  # a streamed answer got its headers before it was prepared
+        security_headers(request, response)
+    return response
+
+
+async def _session_step(request: web.Request) -> None:
+    """Cookie → session, cross-site and CSRF checks, for every /api/ request."""
     gw = request.app[GATEWAY]
     assert gw.sessions is not None
     request[CLIENT_IP] = client_ip(request.remote, request.headers.get("X-Forwarded-For"), gw.proxies)
@@ -118,25 +149,26 @@ async def session_middleware(request: web.Request, handler) -> web.StreamRespons
 
     if cookie and session is None and not _anonymous_ok(request.path[len(PREFIX):]):
         raise ApiError(401, "session_expired", "Your session has ended. Please sign in again.")
-    return await handler(request)
 
 
-async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+_CSP = "Content-Security-Policy"
+_FIXED_HEADERS = {k: v for k, v in SECURITY_HEADERS.items() if k != _CSP}
+_FIXED_HEADERS_HSTS = {**_FIXED_HEADERS, "Strict-Transport-Security": HSTS}
+
+
+def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Security and cache headers on every answer, set before it is prepared."""
     gw = request.app[GATEWAY]
     headers = response.headers
-    for name, value in SECURITY_HEADERS.items():
-        if name == "Content-Security-Policy":
-            headers.setdefault(name, value)  # a service may send a stricter one (attachments)
-        else:
-            headers[name] = value
-    if gw.secure:
-        headers["Strict-Transport-Security"] = HSTS
+    if _CSP not in headers:  # a service may send a stricter one (attachments)
+        headers[_CSP] = SECURITY_HEADERS[_CSP]
+    headers.update(_FIXED_HEADERS_HSTS if gw.secure else _FIXED_HEADERS)
     if request.path.startswith("/api/"):
         headers["Cache-Control"] = "no-store"
     elif "Cache-Control" not in headers:
         headers["Cache-Control"] = "no-cache"
     if request.get(CLEAR_COOKIE):
-        # Cookies were already turned into headers when this hook runs: add the header itself.
+        # A raw header: the response's own cookies (none when clearing) are added at prepare.
         secure = "; Secure" if gw.secure else ""
         response.headers.add(
             "Set-Cookie",
@@ -290,21 +322,8 @@ async def api(request: web.Request) -> web.StreamResponse:
     if rule is not None:
         await _enforce(gw, request, rule, body)
 
-    if session is not None:
-        row = session.row
-        who = identity.Identity(
-            user_id=str(row.user_id),
-            practice_id=str(row.practice_id) if row.practice_id else None,
-            roles=row.roles,
-            session_id=str(row.id),
-            ip=request[CLIENT_IP],
-            extra={"restriction": row.restriction} if row.restriction else {},
-        )
-    else:
-        who = identity.Identity(user_id=None, ip=request[CLIENT_IP])
-    signed = identity.sign(
-        who, secret=gw.identity_secret, method=method, path=upstream_path,
-        now=gw.clock.now().timestamp(), ttl=gw.settings.identity_ttl_seconds,
+    signed = identity.sign_payload(
+        _identity_payload(gw, session, request[CLIENT_IP]), secret=gw.identity_secret, method=method, path=upstream_path
     )
     headers = proxy.request_headers(request, signed)
     if upload and request.content_length is not None:
@@ -329,7 +348,30 @@ async def api(request: web.Request) -> web.StreamResponse:
         if service == "auth" and method in UNSAFE_METHODS and upstream.status in (200, 201) \
                 and csrf.is_json(upstream.headers.get("Content-Type")):
             return await _maybe_sign_in(request, gw, upstream)
-        return await proxy.stream_back(request, upstream)
+        return await proxy.stream_back(request, upstream, before_prepare=security_headers)
+
+
+def _identity_payload(gw: Gateway, session: Session | None, ip: str) -> str:
+    """The identity header's payload. A session's is encoded once per second of expiry and
+    client address and reused (the MAC, per request, binds it to the method and path)."""
+    exp = int(gw.clock.now().timestamp()) + gw.settings.identity_ttl_seconds
+    if session is None:
+        return identity.encode(identity.Identity(user_id=None, ip=ip), exp=exp)
+    cached = session.signed_payload
+    if cached is not None and cached[0] == exp and cached[1] == ip:
+        return cached[2]
+    row = session.row
+    who = identity.Identity(
+        user_id=str(row.user_id),
+        practice_id=str(row.practice_id) if row.practice_id else None,
+        roles=row.roles,
+        session_id=str(row.id),
+        ip=ip,
+        extra={"restriction": row.restriction} if row.restriction else {},
+    )
+    payload = identity.encode(who, exp=exp)
+    session.signed_payload = (exp, ip, payload)
+    return payload
 
 
 async def _maybe_sign_in(request: web.Request, gw: Gateway, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -337,7 +379,7 @@ async def _maybe_sign_in(request: web.Request, gw: Gateway, upstream: aiohttp.Cl
     passes through unchanged (read whole only up to GRANT_BODY_LIMIT, streamed beyond)."""
     head, complete = await proxy.read_up_to(upstream, GRANT_BODY_LIMIT)
     if not complete:
-        return await proxy.stream_back(request, upstream, prefix=head)
+        return await proxy.stream_back(request, upstream, prefix=head, before_prepare=security_headers)
     try:
         parsed = json.loads(head)
     except ValueError:
@@ -363,6 +405,7 @@ async def spa_fallback(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/session", get_session)
     app.router.add_delete(f"{PREFIX}/session", delete_session)
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi.openapi_json)  # public: the API's description
     app.router.add_route("*", PREFIX + "/{tail:.*}", api)
     app.router.add_get("/", index)
     app.router.add_static("/assets/", STATIC_DIR, show_index=False, follow_symlinks=False)

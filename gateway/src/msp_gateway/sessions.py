@@ -8,6 +8,7 @@ row deleted elsewhere. Idle expiry is therefore exact on the replica that served
 request, and at most one touch interval early (never late) on another replica."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -34,6 +35,8 @@ class Session:
     last_seen_at: datetime  # latest activity this replica knows of
     persisted_at: datetime  # last_seen_at as written to PostgreSQL
     loaded_at: float  # time.monotonic() of the database read (cache freshness only)
+    touching: bool = False  # a last_seen_at write is in flight: concurrent requests skip theirs
+    signed_payload: tuple[int, str, str] | None = None  # (exp, ip, identity payload) of the last request
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -51,6 +54,9 @@ class SessionManager:
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, Session] = {}
         self._generation = 0  # bumped by every revocation: a read racing one is not cached
+        # One database read per stale key at a time: when a hot session's cache entry expires,
+        # the requests arriving meanwhile wait for that read instead of each issuing their own.
+        self._loading: dict[bytes, tuple[int, asyncio.Future[SessionRow | None]]] = {}
 
     @property
     def policy(self) -> SessionPolicy:
@@ -62,7 +68,7 @@ class SessionManager:
         session = self._cache.get(key)
         if session is None or time.monotonic() - session.loaded_at > self._cache_seconds:
             generation = self._generation
-            row = await store.get_session(self._pool, key)
+            row = await self._read(key, generation)
             if row is None:
                 self._cache.pop(key, None)
                 return None, "unknown"
@@ -78,12 +84,32 @@ class SessionManager:
             return None, why
         if now > session.last_seen_at:
             session.last_seen_at = now
-        if needs_touch(self._policy, persisted_last_seen_at=session.persisted_at, now=now):
-            if not await store.touch_session(self._pool, key, now):
-                self._cache.pop(key, None)
-                return None, "unknown"
-            session.persisted_at = now
+        if not session.touching and needs_touch(self._policy, persisted_last_seen_at=session.persisted_at, now=now):
+            session.touching = True
+            try:
+                if not await store.touch_session(self._pool, key, now):
+                    self._cache.pop(key, None)
+                    return None, "unknown"
+                session.persisted_at = max(session.persisted_at, now)
+            finally:
+                session.touching = False
         return session, None
+
+    async def _read(self, key: bytes, generation: int) -> SessionRow | None:
+        """The row from PostgreSQL, sharing a read already in flight for the same key unless a
+        revocation or logout happened since it started (then a fresh read)."""
+        pending = self._loading.get(key)
+        if pending is None or pending[0] != generation:
+            future = asyncio.ensure_future(store.get_session(self._pool, key))
+            pending = self._loading[key] = (generation, future)
+
+            def done(_: asyncio.Future, key: bytes = key, pending: tuple = pending) -> None:
+                if self._loading.get(key) is pending:
+                    del self._loading[key]
+
+            future.add_done_callback(done)
+        # shield: one waiter giving up (client gone) must not cancel the read for the others
+        return await asyncio.shield(pending[1])
 
     async def create(self, grant: dict, now: datetime, *, client_ip: str | None, user_agent: str | None) -> tuple[str, Session]:
         """A new session for a grant from auth-service; returns (cookie value, session)."""
@@ -114,6 +140,7 @@ class SessionManager:
 
     async def end(self, key: bytes) -> None:
         self._cache.pop(key, None)
+        self._generation += 1  # a read racing the logout is neither joined nor cached
         await store.delete_session(self._pool, key)
 
     async def end_cookie(self, cookie_value: str) -> None:
@@ -125,11 +152,18 @@ class SessionManager:
 
         The bound matters: auth-service revokes and grants a fresh session in one answer (password
         change or reset), and the event may arrive after the gateway made that new session."""
+        self._evict_user(user_id, created_before)
+        ended = await store.delete_user_sessions(self._pool, user_id, created_before=created_before)
+        # A cache miss that read the row after the first eviction but before the delete committed
+        # has cached it again (its generation matched): evict once more now the row is gone.
+        self._evict_user(user_id, created_before)
+        return ended
+
+    def _evict_user(self, user_id: uuid.UUID, created_before: datetime) -> None:
         self._generation += 1
         for key, s in list(self._cache.items()):
             if s.row.user_id == user_id and (s.row.created_wall is None or s.row.created_wall <= created_before):
                 del self._cache[key]
-        return await store.delete_user_sessions(self._pool, user_id, created_before=created_before)
 
     async def purge(self, now: datetime) -> int:
         for key in [k for k, s in self._cache.items() if ended(self._policy, created_at=s.row.created_at, last_seen_at=s.last_seen_at, now=now)]:

@@ -84,23 +84,17 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_c
 
 
 class PostgresRateStore:
-    """Sliding-window log in PostgreSQL, shared by replicas. An advisory lock per key makes
-    count-then-insert exact under concurrency."""
+    """Sliding-window log in PostgreSQL, shared by replicas. One statement per hit: the
+    rate_hit() function (migration 0002) takes an advisory lock per key, so count-then-insert
+    is exact under concurrency."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def hit(self, key: str, *, limit: int, window: timedelta, now: datetime) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, min(at) AS oldest FROM rate_hits WHERE key = $1 AND at > $2",
-                key, now - window,
-            )
-            if row["n"] >= limit:
-                return retry_after(row["oldest"], window, now)
-            await conn.execute("INSERT INTO rate_hits (key, at) VALUES ($1, $2)", key, now)
-            return 0
+        # Its own implicit transaction: the lock is released when the hit is committed.
+        oldest = await self._pool.fetchval("SELECT rate_hit($1, $2, $3, $4)", key, limit, now - window, now)
+        return 0 if oldest is None else retry_after(oldest, window, now)
 
     async def purge(self, now: datetime, window: timedelta) -> None:
         await self._pool.execute("DELETE FROM rate_hits WHERE at <= $1", now - window)

@@ -3,13 +3,16 @@ out, with the SHA-256 of the plaintext recorded and checked on every full read, 
 random-access decryption for HTTP Range requests."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from .attachment_rules import SNIFF_BYTES, AttachmentBudget, Refusal, check_content
 from .blobstore import BlobStore
-from .crypto import CHUNK_SIZE, SEALED_CHUNK_SIZE, MasterKeys, TamperedError, chunk_count, new_data_key, open_chunk, seal_chunk
+from .crypto import CHUNK_SIZE, SEALED_CHUNK_SIZE, MasterKeys, TamperedError, chunk_count, new_data_key, open_chunk, seal_chunks, sealed_batch_size
 
 
 class AttachmentRefused(Exception):
@@ -26,49 +29,84 @@ class StoredAttachment:
     wrapped_key: str
 
 
-async def _rechunk(source: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    buffer = bytearray()
-    async for data in source:
-        buffer += data
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    yield bytes(buffer)  # last chunk, possibly empty
+SEAL_BATCH = 1024 * 1024  # plaintext hashed and sealed per worker-thread hop (16 chunks)
 
 
 async def store_encrypted(
     store: BlobStore, keys: MasterKeys, file_id: str, filename: str, source: AsyncIterator[bytes], budget: AttachmentBudget
 ) -> StoredAttachment:
     """Encrypt and store one attachment. Raises AttachmentRefused (content or budget) before
-    anything becomes visible in the store."""
+    anything becomes visible in the store.
+
+    Hashing and sealing run in a worker thread a batch at a time (hashlib and the AES-GCM
+    work release the GIL on big buffers), one batch in flight while the next is received:
+    the event loop keeps parsing the upload meanwhile."""
     data_key = new_data_key()
+    aead = AESGCM(data_key)
     digest = hashlib.sha256()
     size = 0
 
-    async def sealed_chunks() -> AsyncIterator[bytes]:
-        nonlocal size
-        pending: bytes | None = None  # held back: only the final chunk is sealed with last=True
-        index = 0
-        async for plain in _rechunk(source, CHUNK_SIZE):
-            if pending is not None and not plain:
-                break  # the empty remainder after a whole number of chunks
-            if pending is None:
-                refusal = check_content(filename, plain[:SNIFF_BYTES])
-                if refusal:
-                    raise AttachmentRefused(refusal)
-            refusal = budget.take(len(plain))
-            if refusal:
-                raise AttachmentRefused(refusal)
-            digest.update(plain)
-            size += len(plain)
-            if pending is not None:
-                yield seal_chunk(data_key, file_id, index, pending, last=False)
-                index += 1
-            pending = plain
-        yield seal_chunk(data_key, file_id, index, pending or b"", last=True)
+    def seal(plain: memoryview | bytearray, first_index: int, last: bool, out: bytearray) -> bytearray:
+        digest.update(plain)  # batches run one after another, so the digest sees the bytes in order
+        return seal_chunks(aead, file_id, first_index, plain, last=last, out=out)
 
-    await store.put(file_id, sealed_chunks())
+    def sealing(plain: memoryview | bytearray, first_index: int, last: bool) -> asyncio.Future[bytearray]:
+        # The output buffer is allocated here, on the event loop's thread: glibc hands
+        # worker-thread arenas back to the kernel eagerly, so megabyte buffers born in a
+        # worker page-fault afresh every batch (measured: ~150 MB of faults per 300 MB).
+        out = bytearray(sealed_batch_size(len(plain), last=last))
+        return asyncio.ensure_future(asyncio.to_thread(seal, plain, first_index, last, out))
+
+    async def sealed_batches() -> AsyncIterator[bytearray]:
+        nonlocal size
+        buffer = bytearray()
+        sniffed = False  # the content check sees the first SNIFF_BYTES before any budget or sealing
+        untaken = 0  # bytes received but not yet counted against the budget
+        index = 0
+        job: asyncio.Future[bytearray] | None = None
+        try:
+            async for data in source:
+                buffer += data
+                untaken += len(data)
+                if not sniffed:
+                    if len(buffer) < SNIFF_BYTES:
+                        continue
+                    _refuse(check_content(filename, bytes(buffer[:SNIFF_BYTES])))
+                    sniffed = True
+                _refuse(budget.take(untaken))
+                untaken = 0
+                if len(buffer) > SEAL_BATCH:
+                    # Whole chunks only, and at least one byte held back: only the final
+                    # chunk is sealed with last=True, and we do not know yet which one it is.
+                    cut = (len(buffer) - 1) // CHUNK_SIZE * CHUNK_SIZE
+                    batch, buffer = memoryview(buffer)[:cut], buffer[cut:]
+                    ready = await job if job is not None else None
+                    job = sealing(batch, index, False)
+                    index += cut // CHUNK_SIZE
+                    size += cut
+                    if ready is not None:
+                        yield ready  # written while the next batch is sealed
+            if not sniffed:
+                _refuse(check_content(filename, bytes(buffer[:SNIFF_BYTES])))
+            _refuse(budget.take(untaken))
+            if job is not None:
+                ready, job = await job, None
+                yield ready
+            size += len(buffer)
+            yield await sealing(buffer, index, True)
+        finally:
+            if job is not None:
+                await asyncio.wait([job])  # never leave a worker reading our buffers behind
+                if not job.cancelled():
+                    job.exception()  # retrieved: the error that matters is already propagating
+
+    await store.put(file_id, sealed_batches())
     return StoredAttachment(file_id, size, digest.hexdigest(), keys.wrap(data_key, file_id))
+
+
+def _refuse(refusal: Refusal | None) -> None:
+    if refusal:
+        raise AttachmentRefused(refusal)
 
 
 async def read_decrypted(

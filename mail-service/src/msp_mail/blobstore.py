@@ -19,7 +19,8 @@ class BlobNotFound(Exception):
 
 class BlobStore(Protocol):
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
-        """Store the stream under key (visible only once complete); returns bytes written."""
+        """Store the stream under key (visible only once complete); returns bytes written.
+        The producer must not modify a chunk after yielding it (it may be written later)."""
 
     def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of the stored blob."""
@@ -51,19 +52,32 @@ class DiskBlobStore:
         temp = final.with_name(f".{key}.part")
         fh = await asyncio.to_thread(open, temp, "wb")
         written = 0
-        pending = bytearray()  # ~1 MiB per write: one thread hop per megabyte, not per chunk
+        # ~1 MiB per write, handed over as they are (writelines: no joining copy), with one
+        # write in flight while the next batch is produced: disk and CPU work overlap.
+        pending: list[bytes] = []
+        pending_size = 0
+        writing: asyncio.Future[None] | None = None
         try:
             async for chunk in chunks:
-                pending += chunk
+                pending.append(chunk)
+                pending_size += len(chunk)
                 written += len(chunk)
-                if len(pending) >= WRITE_BATCH:
-                    await asyncio.to_thread(fh.write, bytes(pending))
-                    pending.clear()
+                if pending_size >= WRITE_BATCH:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(fh.writelines, pending))
+                    pending, pending_size = [], 0
+            if writing is not None:
+                await writing
             if pending:
-                await asyncio.to_thread(fh.write, bytes(pending))
+                await asyncio.to_thread(fh.writelines, pending)
             await asyncio.to_thread(fh.flush)
             await asyncio.to_thread(os.fsync, fh.fileno())
         except BaseException:
+            if writing is not None:
+                await asyncio.wait([writing])  # never close the file under a running write
+                if not writing.cancelled():
+                    writing.exception()  # retrieved: the error that matters is already propagating
             fh.close()
             temp.unlink(missing_ok=True)
             raise

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -42,7 +43,6 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiohttp import web
-from opentelemetry import propagate
 from pydantic import ValidationError
 
 from . import telemetry
@@ -261,27 +261,43 @@ class Bus:
 
     # ---- publishing -----------------------------------------------------------------------
 
-    async def publish(self, envelope: Envelope, *, timeout: float | None = None) -> None:
+    async def publish(self, envelope: Envelope, *, timeout: float | None = None, body: bytes | None = None) -> None:
         """Publish persistently and wait for the broker's confirm. Raises on nack, on a lost
-        connection or after `timeout`: the caller (the outbox relay) tries again later."""
-        if self._exchange is None:
+        connection or after `timeout`: the caller (the outbox relay) tries again later.
+        `body`: the envelope's JSON when the caller already holds it (the outbox row), so it
+        is not serialised again.
+
+        Concurrent calls pipeline: each message is queued for the socket without waiting for
+        the previous one to be written (aiormq's `wait=False`; the connection's bounded frame
+        queue still pushes back), and only the broker's confirm is awaited."""
+        if self._publish_channel is None or self._exchange is None:
             raise BusNotConnected("connect() first")
-        with _producer_span(envelope, self.exchange_name):
+        with telemetry.producer_span(envelope, exchange=self.exchange_name):
             headers: dict[str, Any] = {}
-            _inject(headers)
-            message = aio_pika.Message(
-                envelope.model_dump_json().encode(),
+            telemetry.inject_amqp(headers)
+            properties = aiormq.spec.Basic.Properties(
                 headers=headers,
                 content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
                 message_id=str(envelope.id),
                 timestamp=envelope.occurred_at,
-                type=envelope.type,
+                message_type=envelope.type,
                 app_id=self.service,
             )
-            async with asyncio.timeout(timeout or self.publish_timeout):
-                # mandatory=False: an event nobody subscribes to is not an error.
-                await self._exchange.publish(message, routing_key=envelope.type, mandatory=False)
+            if self._publish_channel.is_closed:
+                raise BusNotConnected("publish channel closed")
+            channel = await self._publish_channel.get_underlay_channel()
+            # mandatory=False: an event nobody subscribes to is not an error. A nack raises
+            # DeliveryError; a channel closed before the confirm raises too.
+            await channel.basic_publish(
+                body if body is not None else envelope.model_dump_json().encode(),
+                exchange=self.exchange_name,
+                routing_key=envelope.type,
+                properties=properties,
+                mandatory=False,
+                timeout=timeout or self.publish_timeout,
+                wait=False,
+            )
 
     async def _publish_to_queue(self, queue: str, message: AbstractIncomingMessage, headers: dict[str, Any]) -> None:
         """Confirmed copy of a delivered message, straight to one queue (default exchange)."""
@@ -385,7 +401,7 @@ class Bus:
         )
 
     async def _call(self, sub: _Subscription, envelope: Envelope, message: AbstractIncomingMessage) -> None:
-        with _consumer_span(envelope, message.headers, sub.group):
+        with telemetry.consumer_span(envelope, message.headers, group=sub.group):
             await sub.handler(envelope)
 
 
@@ -403,28 +419,6 @@ def _own_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
     """Headers worth copying onto a retried/parked message: ours and the trace context, not
     the broker's bookkeeping (x-death, x-delivery-count...)."""
     return {k: v for k, v in (headers or {}).items() if not k.startswith("x-")}
-
-
-# Tracing is telemetry.py's: it parents the PRODUCER span on the context the outbox stored
-# in Envelope.trace and the CONSUMER span on the AMQP headers. Looked up with getattr so
-# the bus works (propagating plain W3C context, without spans) if those helpers are absent.
-
-def _producer_span(envelope: Envelope, exchange: str) -> contextlib.AbstractContextManager:
-    span = getattr(telemetry, "producer_span", None)
-    return span(envelope, exchange=exchange) if span is not None else contextlib.nullcontext()
-
-
-def _consumer_span(envelope: Envelope, headers: dict[str, Any] | None, group: str) -> contextlib.AbstractContextManager:
-    span = getattr(telemetry, "consumer_span", None)
-    return span(envelope, headers, group=group) if span is not None else contextlib.nullcontext()
-
-
-def _inject(headers: dict[str, Any]) -> None:
-    inject = getattr(telemetry, "inject_amqp", None)
-    if inject is not None:
-        inject(headers)
-    else:
-        propagate.inject(headers)
 
 
 # ---- aiohttp wiring ------------------------------------------------------------------------

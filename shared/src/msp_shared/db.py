@@ -20,12 +20,20 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
+async def _no_reset_query(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL: one more
+    round trip on every release). asyncpg still rolls back an unfinished transaction first; our
+    code keeps no session state on pooled connections: SET LOCAL, transaction-level advisory
+    locks, and LISTEN on a connection of its own (outbox.py)."""
+
+
 async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     _check_schema(schema)
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        reset=_no_reset_query,
         server_settings={"search_path": f"{schema},public", "application_name": f"msp-{schema}"},
     )
 

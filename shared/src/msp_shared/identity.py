@@ -8,7 +8,6 @@ replay against the same one."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -48,21 +47,32 @@ def _unb64(text: str) -> bytes:
 
 def _mac(secret: bytes, payload: str, method: str, path: str) -> str:
     msg = f"{payload}\n{method.upper()}\n{path}".encode()
-    return _b64(hmac.new(secret, msg, hashlib.sha256).digest())
+    return _b64(hmac.digest(secret, msg, "sha256"))  # one-shot C path: same MAC as hmac.new
 
 
 def sign(identity: Identity, *, secret: bytes, method: str, path: str, now: float, ttl: int) -> str:
+    return sign_payload(encode(identity, exp=int(now) + ttl), secret=secret, method=method, path=path)
+
+
+def encode(identity: Identity, *, exp: int) -> str:
+    """The header's payload part. It depends on the request only through method and path,
+    which the MAC binds, so a caller may reuse one payload for every request with the same
+    identity and expiry (the gateway does, per session and second)."""
     claims = {
         "sub": identity.user_id,
         "pid": identity.practice_id,
         "roles": list(identity.roles),
         "sid": identity.session_id,
         "ip": identity.ip,
-        "exp": int(now) + ttl,
+        "exp": exp,
     }
     if identity.extra:
         claims["x"] = identity.extra
-    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    return _b64(json.dumps(claims, separators=(",", ":")).encode())
+
+
+def sign_payload(payload: str, *, secret: bytes, method: str, path: str) -> str:
+    """The full header for an encoded payload: the MAC binds it to this method and path."""
     return f"{payload}.{_mac(secret, payload, method, path)}"
 
 

@@ -62,8 +62,9 @@ _tracer = trace.get_tracer("msp_shared.telemetry")
 
 class _SwappableProcessor(SpanProcessor):
     """The one processor on the global provider; forwards to whichever processor the last
-    setup_tracing call chose (or to nothing: spans are still created, so trace context
-    still flows to the next service, but nothing is exported)."""
+    setup_tracing call chose (or to nothing: event and client spans are still created, so
+    trace context still flows, but nothing is exported; the HTTP server middleware then only
+    passes an incoming context on, see tracing_middleware)."""
 
     def __init__(self) -> None:
         self.delegate: SpanProcessor | None = None
@@ -98,6 +99,17 @@ class _SwappableProcessor(SpanProcessor):
 _lock = threading.Lock()
 _switch = _SwappableProcessor()
 _provider: TracerProvider | None = None
+_foreign_provider = False  # joined a provider someone else set up: it may export on its own
+
+
+def _spans_wanted() -> bool:
+    """Whether a request needs a span of its own: only when something would export it. With
+    exporter "none" on our own provider a span is pure cost (nothing reads it, logs carry no
+    trace ids), so the middleware only passes an incoming trace context on."""
+    return _provider is None or _foreign_provider or _switch.delegate is not None
+
+
+spans_wanted = _spans_wanted  # public: the gateway's folded middleware asks it too
 
 
 def _choice(settings: ServiceSettings, exporter: SpanExporter | None) -> tuple[Any, ...]:
@@ -128,12 +140,13 @@ def setup_tracing(settings: ServiceSettings, *, exporter: SpanExporter | None = 
     `settings.tracing_exporter` names ("none", "console", "otlp" to settings.otlp_endpoint),
     or to `exporter` (tests pass an InMemorySpanExporter). Safe to call repeatedly; see the
     module docstring."""
-    global _provider
+    global _provider, _foreign_provider
     with _lock:
         if _provider is None:
             existing = trace.get_tracer_provider()
             if isinstance(existing, TracerProvider):
                 _provider = existing  # someone (e.g. opentelemetry-instrument) set one: join it
+                _foreign_provider = True
             else:
                 _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
                 trace.set_tracer_provider(_provider)
@@ -191,7 +204,19 @@ def _set_http_status(span: trace.Span, status: int) -> None:
 @web.middleware
 async def tracing_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """SERVER span per request, continuing the caller's traceparent. Put it first, so the
-    span also covers the error and identity middlewares."""
+    span also covers the error and identity middlewares.
+
+    When nothing exports spans (tracing_exporter "none"), no span is made: an incoming
+    traceparent is made current as it is, so the services and events downstream still
+    continue the caller's trace, at the cost of one header lookup per request."""
+    if not _spans_wanted():
+        if "traceparent" not in request.headers:
+            return await handler(request)
+        token = otel_context.attach(_PROPAGATOR.extract(request.headers))
+        try:
+            return await handler(request)
+        finally:
+            otel_context.detach(token)
     route = _route(request)
     name = f"{request.method} {route}" if route else request.method
     with _tracer.start_as_current_span(

@@ -41,24 +41,33 @@ def error_response(error: ApiError) -> web.Response:
     return web.json_response(error.body(), status=error.status, headers=headers)
 
 
+def exception_response(request: web.Request, exc: Exception) -> web.Response | None:
+    """The API-shaped answer to an exception a handler raised; None: let it propagate (an
+    HTTPException below 400, e.g. a redirect). For middlewares that fold this step in."""
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(ApiError(413, "too_large", "The request body is too large."))
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            return None
+        code = exc.reason.lower().replace(" ", "_") if exc.reason else "http_error"
+        return error_response(ApiError(exc.status, code, exc.text or exc.reason or "Request failed."))
+    log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+    return error_response(ApiError(500, "internal_error", "Something went wrong on our side."))
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc)
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(ApiError(413, "too_large", "The request body is too large."))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_") if exc.reason else "http_error"
-        return error_response(ApiError(exc.status, code, exc.text or exc.reason or "Request failed."))
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return error_response(ApiError(500, "internal_error", "Something went wrong on our side."))
+    except Exception as exc:
+        response = exception_response(request, exc)
+        if response is None:
+            raise
+        return response
 
 
 def identity_middleware(secret: bytes, clock: Clock) -> Callable:
@@ -151,12 +160,16 @@ def service_app(
     clock: Clock | None = None,
     check_identity: bool = True,
     client_max_size: int = 1024 * 1024,
+    middlewares: list | None = None,
 ) -> web.Application:
+    """`middlewares` replaces the standard stack (tracing, errors, identity): for an app (the
+    gateway) that folds those steps into one middleware of its own."""
     clock = clock or SystemClock()
-    # tracing first: its SERVER span covers the error and identity middlewares too
-    middlewares: list = [telemetry.tracing_middleware, error_middleware]
-    if check_identity:
-        middlewares.append(identity_middleware(settings.identity_secret.get_secret_value().encode(), clock))
+    if middlewares is None:
+        # tracing first: its SERVER span covers the error and identity middlewares too
+        middlewares = [telemetry.tracing_middleware, error_middleware]
+        if check_identity:
+            middlewares.append(identity_middleware(settings.identity_secret.get_secret_value().encode(), clock))
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[SETTINGS] = settings
     app[CLOCK] = clock

@@ -4,6 +4,11 @@
 "use strict";
 
 const state = { csrf: null, user: null, restriction: null };
+const IDLE_MESSAGE = "You have been signed out after 30 minutes of inactivity. Please log in again.";
+const MAX_UPLOAD_BYTES = 300 * 1024 * 1024;  // all attachments of one message together
+const ACCEPTED_TYPES = ("ai aif aifc aiff avi bmp cpt dcm dex doc docx ds2 eml eps gif hqx jpe jpeg jpg log mid midi " +
+  "mif mov movie mp2 mp3 mp4 mpe mpeg mpga obj oda pdf png ppt pptx ps qt ra ram rm rpm rtf rtx rv " +
+  "smi smil stl text tif tiff txt vcard vcf wav wbxml wmlc wmv word xl xls xml xsl xlsx zip").split(" ");
 const main = () => document.getElementById("main");
 
 // ---- tiny DOM helper --------------------------------------------------------------------------
@@ -23,16 +28,32 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// A labelled input; its hint is linked by aria-describedby (kept out of the accessible name).
 function field(label, attrs, hint) {
   const id = attrs.id || "f-" + attrs.name;
-  return h("label", { for: id }, label, h("input", { id, ...attrs }), hint ? h("span", { class: "hint" }, hint) : null);
+  return h("div", { class: "field" }, h("label", { for: id }, label),
+    h("input", { id, "aria-describedby": hint ? id + "-hint" : null, ...attrs }),
+    hint ? h("span", { class: "hint", id: id + "-hint" }, hint) : null);
 }
 
 function page(title, ...children) {
   const box = main();
-  box.replaceChildren(h("h1", {}, title), ...children);
+  box.replaceChildren(h("h1", {}, title), ...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   document.title = title + " · MySecurePractice";
   box.focus();
+}
+
+// A message for the next page: shown after the route changes, then cleared by the one after.
+let pendingFlash = null;
+function go(hash, message) {
+  if (location.hash === hash) { say(message || ""); route(); return; }
+  pendingFlash = message || null;
+  location.hash = hash;
+}
+
+let routeSeq = 0;
+function pageFor(seq, ...args) {
+  if (seq === routeSeq) page(...args);
 }
 
 function say(text) {
@@ -42,7 +63,7 @@ function say(text) {
 }
 
 function errorBox() {
-  return h("div", { class: "error", role: "alert", hidden: true });
+  return h("div", { class: "error", role: "alert", tabindex: "-1", hidden: true });
 }
 
 function showError(box, err) {
@@ -52,6 +73,7 @@ function showError(box, err) {
   const violations = err && err.details && err.details.violations;
   if (Array.isArray(violations)) box.append(h("ul", {}, violations.map((v) => h("li", {}, v.message || v))));
   box.hidden = false;  // role="alert": screen readers announce it
+  box.focus();  // keyboard users land on it (it may be below the button they pressed)
 }
 
 // ---- API ------------------------------------------------------------------------------------------
@@ -75,13 +97,30 @@ async function api(method, path, body, { raw = false } = {}) {
   }
   const resp = await fetch("/api/v1" + path, init);
   if (raw) return resp;
+  if (resp.ok && state.csrf && path !== "/session") watchIdle(null);  // activity: the idle clock restarts
   const data = resp.status === 204 ? null : await resp.json().catch(() => null);
   if (!resp.ok) {
     const err = new ApiError(resp.status, data);
-    if (resp.status === 401 && err.code === "session_expired") signedOut("Your session has ended: you are signed out after 30 minutes of inactivity. Please sign in again.");
+    // A session that ended (idle for 30 minutes, signed out elsewhere): back to the login page.
+    const signingIn = method === "POST" && path === "/session";
+    if (resp.status === 401 && !signingIn && (err.code === "session_expired" || state.csrf)) {
+      signedOut(IDLE_MESSAGE);
+    }
     throw err;
   }
   return data;
+}
+
+// The gateway ends a session after 30 idle minutes; check just after that moment so an idle
+// screen goes back to the login page instead of failing on the next click.
+let idleTimer = null;
+function watchIdle(idleExpiresAt) {
+  clearTimeout(idleTimer);
+  if (!state.csrf) return;
+  const wait = idleExpiresAt ? Math.max(1000, Date.parse(idleExpiresAt) - Date.now() + 2000) : 30 * 60 * 1000 + 2000;
+  idleTimer = setTimeout(async () => {
+    try { const s = await api("GET", "/session"); watchIdle(s.idle_expires_at); } catch { /* api() signed out */ }
+  }, Math.min(wait, 2147483000));
 }
 
 function adopt(answer) {
@@ -89,20 +128,27 @@ function adopt(answer) {
   if (answer && answer.csrf_token) state.csrf = answer.csrf_token;
   if (answer && answer.user) state.user = answer.user;
   if (answer && "restriction" in answer) state.restriction = answer.restriction;
+  if (answer && answer.idle_expires_at) watchIdle(answer.idle_expires_at);
   renderNav();
 }
 
 function signedOut(message) {
   state.csrf = null; state.user = null; state.restriction = null;
+  clearTimeout(idleTimer);
   renderNav();
-  if (message) say(message);
-  if (!location.hash.startsWith("#/login")) location.hash = "#/login";
+  if (location.hash.startsWith("#/login")) say(message || "");
+  else go("#/login", message);
 }
 
-function afterSignIn() {
-  if (state.restriction === "password_expired") location.hash = "#/change-password";
-  else if (state.restriction === "verification_required") location.hash = "#/verify-phone";
-  else location.hash = "#/inbox";
+function afterSignIn(message) {
+  if (state.restriction === "password_expired") go("#/change-password", message);
+  else if (state.restriction === "verification_required") go("#/verify-phone", message);
+  else {
+    // Back to the page a link opened before signing in (such as an email confirmation).
+    const next = sessionStorage.getItem("after_login");
+    sessionStorage.removeItem("after_login");
+    go(next && next.startsWith("#/") ? next : "#/inbox", message);
+  }
 }
 
 // ---- password rules, shown live -------------------------------------------------------------------
@@ -119,15 +165,17 @@ function passwordChecks(rules) {
       ["A special character, such as ! ? # %", (p) => /[^A-Za-z0-9]/.test(p)],
     );
   }
-  if (rules.history) checks.push(["Not one of your last 6 passwords (checked when you save)", null]);
+  if (rules.no_email_name) checks.push(["Not your email name (the part before the @)", null]);
+  if (rules.blocklist) checks.push(["Not a commonly used password (checked when you save)", null]);
+  if (rules.history) checks.push(["Not one of your recent passwords (checked when you save)", null]);
   return checks;
 }
 
 function passwordFields(rules, label = "New password") {
-  const input = h("input", { id: "f-password", name: "password", type: "password", autocomplete: "new-password", required: true, "aria-describedby": "pw-rules" });
+  const input = h("input", { id: "f-password", name: "password", type: "password", autocomplete: "new-password", required: true, maxlength: (rules && rules.max_length) || 256, "aria-describedby": "pw-rules" });
   const confirm = h("input", { id: "f-confirm", name: "confirm", type: "password", autocomplete: "new-password", required: true });
   const checks = passwordChecks(rules);
-  const items = checks.map(([text]) => h("li", { class: "missing" }, text));
+  const items = checks.map(([text, test]) => h("li", { class: test ? "missing" : "info" }, text));
   const same = h("li", { class: "missing" }, "Both entries match");
   const list = h("ul", { class: "rules", id: "pw-rules", "aria-live": "polite" }, items, same);
   const update = () => {
@@ -147,54 +195,71 @@ function passwordFields(rules, label = "New password") {
 // ---- 2-step verification by text or call ---------------------------------------------------------
 function twoStep(verification, onProof) {
   const err = errorBox();
-  const note = h("p", { class: "notice" },
-    "We will send a 6-digit code to ", h("strong", {}, verification.phone_hint || "your phone"), ". ",
-    "Be sure the phone number does not have a dial tree, or the call will not be able to get through to you.");
+  const sent = h("p", { class: "notice", "aria-live": "polite", hidden: true });
   let current = null;
-  const codeInput = h("input", { id: "f-code", name: "code", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}", maxlength: 6, required: true });
+  const codeInput = h("input", { id: "f-code", name: "code", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}",
+                                 maxlength: 6, required: true, "aria-describedby": "code-hint" });
+  const verifyButton = h("button", { type: "submit" }, "Verify");
   const codeForm = h("form", { hidden: true, onsubmit: async (e) => {
-    e.preventDefault(); err.hidden = true;
+    e.preventDefault(); err.hidden = true; verifyButton.disabled = true;
     try {
       const answer = await api("POST", `/verifications/${encodeURIComponent(current.id)}/check`, { code: codeInput.value.trim() });
       await onProof(answer.proof);
-    } catch (ex) { showError(err, ex); }
-  } }, h("label", { for: "f-code" }, "Verification code", codeInput), h("button", { type: "submit" }, "Verify"));
+    } catch (ex) { showError(err, ex); codeInput.focus(); } finally { verifyButton.disabled = false; }
+  } },
+    h("div", { class: "field" }, h("label", { for: "f-code" }, "6-digit code"), codeInput,
+      h("span", { class: "hint", id: "code-hint" }, "The code expires after 10 minutes.")),
+    h("div", { class: "row" }, verifyButton));
+  const smsButton = h("button", { type: "button" }, "Text me a code");
+  const callButton = h("button", { type: "button", class: "secondary" }, "Call me with a code");
   const send = (channel) => async () => {
-    err.hidden = true;
+    err.hidden = true; smsButton.disabled = callButton.disabled = true;
     try {
       current = await api("POST", "/verifications", { ticket: verification.ticket, channel });
       codeForm.hidden = false;
-      say(channel === "call" ? "We are calling you with your code." : "We have sent you a text message with your code.");
+      sent.hidden = false;
+      sent.textContent = channel === "call"
+        ? `We are calling ${verification.phone_hint || "your phone"} to read you a code.`
+        : `We have sent a text message with a code to ${verification.phone_hint || "your phone"}.`;
+      smsButton.textContent = channel === "sms" ? "Send a new text" : "Text me instead";
+      callButton.textContent = channel === "call" ? "Call me again" : "Call me instead";
+      codeInput.value = "";
       codeInput.focus();
-    } catch (ex) { showError(err, ex); }
+      // verify-service refuses a new code before resend_after: say when instead of failing.
+      const wait = current.resend_after ? Date.parse(current.resend_after) - Date.now() : 0;
+      if (wait > 0) {
+        sent.append(" ", `You can ask for a new code in ${Math.ceil(wait / 1000)} seconds.`);
+        setTimeout(() => { smsButton.disabled = callButton.disabled = false; }, wait);
+        return;
+      }
+    } catch (ex) { showError(err, ex); err.focus(); }
+    smsButton.disabled = callButton.disabled = false;
   };
-  return h("section", { "aria-labelledby": "two-step-h" },
-    h("h2", { id: "two-step-h" }, "2-Step Verification"), note,
-    h("div", { class: "row" },
-      h("button", { type: "button", onclick: send("sms") }, "Text me a code"),
-      h("button", { type: "button", class: "secondary", onclick: send("call") }, "Call me with a code")),
-    h("p", { class: "hint" }, "Didn't get it? You can ask again, by text or by call."),
-    codeForm, err);
+  smsButton.addEventListener("click", send("sms"));
+  callButton.addEventListener("click", send("call"));
+  return h("section", { class: "two-step", "aria-labelledby": "two-step-h" },
+    h("h2", { id: "two-step-h" }, "2-Step Verification"),
+    h("p", {}, "We will send a 6-digit code to ", h("strong", {}, verification.phone_hint || "your phone"), ", by text message or by a phone call."),
+    h("p", { class: "hint" }, "Be sure the phone number does not have a dial tree, or the call will not be able to get through to you."),
+    h("div", { class: "row" }, smsButton, callButton),
+    sent, codeForm,
+    h("p", { class: "hint" }, "Didn't get a code? Ask for a new one, by text or by call; a new code replaces the previous one."),
+    err);
 }
 
 // ---- views --------------------------------------------------------------------------------------------
 function viewLogin() {
   const err = errorBox();
   const form = h("form", { onsubmit: async (e) => {
-    e.preventDefault(); err.hidden = true;
+    e.preventDefault(); err.hidden = true; say("");
     const fd = new FormData(form);
     try {
       adopt(await api("POST", "/session", { email: fd.get("email"), password: fd.get("password") }));
-      say("");
       afterSignIn();
     } catch (ex) {
-      if (ex.code === "account_locked") {
-        ex.message = "Your account is locked after 5 unsuccessful attempts. Reset your password to unlock it, or contact PBHS Support.";
-      } else if (ex.code === "rate_limited") {
-        ex.message = "Too many attempts. Please wait a few minutes and try again.";
-      }
       showError(err, ex);
       if (ex.code === "account_locked" || ex.code === "password_reset_required") err.append(" ", h("a", { href: "#/forgot" }, "Reset my password"));
+      err.focus();
     }
   } },
     field("Email address", { name: "email", type: "email", autocomplete: "username", required: true }),
@@ -220,12 +285,13 @@ function viewForgot() {
 }
 
 async function viewReset(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const token = params.get("token") || "";
   const err = errorBox();
-  page("Reset your password", h("div", { class: "card narrow" }, h("p", {}, "Loading…"), err));
+  pageFor(seq, "Reset your password", h("div", { class: "card narrow" }, h("p", {}, "Loading…"), err));
   let info;
   try { info = await api("POST", "/password/reset/verification", { token }); }
-  catch (ex) { const box = errorBox(); showError(box, ex); page("Reset your password", h("div", { class: "card narrow" }, box, h("a", { href: "#/forgot" }, "Ask for a new link"))); return; }
+  catch (ex) { const box = errorBox(); showError(box, ex); pageFor(seq, "Reset your password", h("div", { class: "card narrow" }, box, h("a", { href: "#/forgot" }, "Ask for a new link"))); return; }
   let proof = null;
   const pw = passwordFields(info.password_rules);
   const form = h("form", { hidden: info.two_step, onsubmit: async (e) => {
@@ -233,22 +299,28 @@ async function viewReset(params) {
     if (!pw.valid()) { showError(err, { message: "Please choose a password that meets every rule." }); return; }
     try {
       adopt(await api("POST", "/password/reset", { token, password: pw.value(), proof }));
-      say("Your password has been changed.");
-      afterSignIn();
+      afterSignIn("Your password has been changed.");
     } catch (ex) { showError(err, ex); }
   } }, ...pw.nodes, h("button", { type: "submit" }, "Save new password"));
   const parts = [];
   if (info.two_step) {
-    parts.push(twoStep(info.verification, async (p) => { proof = p; form.hidden = false; say("Phone verified. Now choose a new password."); }));
+    const step = twoStep(info.verification, async (p) => {
+      proof = p;
+      step.replaceWith(h("p", { class: "notice" }, "✓ Your phone is verified. Now choose a new password."));
+      form.hidden = false;
+      form.querySelector("input").focus();
+    });
+    parts.push(step);
   }
-  page("Reset your password", h("div", { class: "card narrow" }, ...parts, form, err));
+  pageFor(seq, "Reset your password", h("div", { class: "card narrow" }, ...parts, form, err));
 }
 
 async function viewRegister(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const token = params.get("token") || "";
   let inv;
   try { inv = await api("GET", `/invitations/${encodeURIComponent(token)}`); }
-  catch (ex) { const box = errorBox(); showError(box, ex); page("Register", h("div", { class: "card narrow" }, box)); return; }
+  catch (ex) { const box = errorBox(); showError(box, ex); pageFor(seq, "Register", h("div", { class: "card narrow" }, box)); return; }
   const err = errorBox();
   const pw = passwordFields(inv.password_rules, "Password");
   const form = h("form", { onsubmit: async (e) => {
@@ -261,9 +333,8 @@ async function viewRegister(params) {
     try {
       const answer = await api("POST", "/registrations", body);
       adopt(answer);
-      if (answer.verification) {
-        page("Verify your phone", h("div", { class: "card narrow" }, twoStep(answer.verification, finishVerification("/registrations/verify"))));
-      } else { say("Welcome! Your account is ready."); afterSignIn(); }
+      // With 2-step, the session is restricted until the phone is proven (#/verify-phone).
+      afterSignIn(answer.verification ? "Your account is created. Now confirm your phone number." : "Welcome! Your account is ready.");
     } catch (ex) { showError(err, ex); }
   } },
     h("p", {}, "You were invited to MySecurePractice", inv.practice_name ? ` by ${inv.practice_name}` : "", " as ", h("strong", {}, inv.email), "."),
@@ -275,23 +346,33 @@ async function viewRegister(params) {
     h("label", { class: "check", for: "f-terms" }, h("input", { id: "f-terms", name: "accept_terms", type: "checkbox", required: true }),
       `I have read and accept the Terms of Use (version ${inv.terms_version}).`),
     h("button", { type: "submit" }, "Create my account"), err);
-  page("Register", h("div", { class: "card narrow" }, form));
+  pageFor(seq, "Register", h("div", { class: "card narrow" }, form));
 }
 
 function finishVerification(path) {
   return async (proof) => {
     adopt(await api("POST", path, { proof }));
-    say("Your phone number is verified.");
-    afterSignIn();
+    afterSignIn("Your phone number is verified.");
   };
 }
 
+async function viewConfirmEmail(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const err = errorBox();
+  try {
+    const answer = await api("POST", "/me/email/confirm", { token: params.get("token") || "" });
+    pageFor(seq, "Email address confirmed", h("div", { class: "card narrow" },
+      h("p", { class: "notice" }, `Your account now uses ${answer.user.email}.`), h("a", { href: "#/profile" }, "Back to your profile")));
+  } catch (ex) { showError(err, ex); pageFor(seq, "Confirm your email address", h("div", { class: "card narrow" }, err)); }
+}
+
 async function viewVerifyPhone() {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
   try {
     const answer = await api("POST", "/me/verification/ticket", {});
-    page("Verify your phone", h("div", { class: "card narrow" }, twoStep(answer.verification, finishVerification("/me/verification")), err));
-  } catch (ex) { showError(err, ex); page("Verify your phone", h("div", { class: "card narrow" }, err)); }
+    pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, twoStep(answer.verification, finishVerification("/me/verification")), err));
+  } catch (ex) { showError(err, ex); pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, err)); }
 }
 
 function viewChangePassword() {
@@ -303,8 +384,7 @@ function viewChangePassword() {
     if (!pw.valid()) { showError(err, { message: "Please choose a password that meets every rule." }); return; }
     try {
       adopt(await api("POST", "/me/password", { current_password: current.value, new_password: pw.value() }));
-      say("Your password has been changed. Other devices have been signed out.");
-      afterSignIn();
+      afterSignIn("Your password has been changed. Other devices have been signed out.");
     } catch (ex) { showError(err, ex); }
   } },
     state.restriction === "password_expired" ? h("p", { class: "notice" }, "Your password has expired (passwords expire every 90 days). Please choose a new one to continue.") : null,
@@ -314,9 +394,10 @@ function viewChangePassword() {
 }
 
 async function viewProfile() {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
   let me;
-  try { me = (await api("GET", "/me")).user; } catch (ex) { showError(err, ex); page("Profile", err); return; }
+  try { me = (await api("GET", "/me")).user; } catch (ex) { showError(err, ex); pageFor(seq, "Profile", err); return; }
   const form = h("form", { onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
     const fd = new FormData(form);
@@ -329,8 +410,26 @@ async function viewProfile() {
     if (specialties.join(",") !== (me.specialties || []).join(",")) patch.specialties = specialties;
     const twoStepOn = fd.get("two_step_required") === "on";
     if (twoStepOn !== !!me.two_step_required) patch.two_step_required = twoStepOn;
-    try { const answer = await api("PATCH", "/me", patch); me = answer.user || me; say("Your profile has been saved."); }
-    catch (ex) { showError(err, ex); }
+    if (!Object.keys(patch).length) { say("Nothing to save: no field was changed."); return; }
+    try {
+      const answer = await api("PATCH", "/me", patch);
+      me = answer.user || me;
+      state.user = { ...state.user, ...me };  // dates follow the new time zone
+      const notes = ["Your profile has been saved."];
+      if (answer.email_confirmation_sent) notes.push("Open the link we sent to your new email address to start using it.");
+      if (answer.verification) {
+        // A new phone number is used once the user proves it with a code.
+        phoneBox.replaceChildren(twoStep(answer.verification, async (proof) => {
+          me = (await api("POST", "/me/phone", { proof })).user || me;
+          form.elements.phone.value = me.phone || "";
+          phoneBox.replaceChildren();
+          say("Your new phone number is verified and saved.");
+        }));
+        notes.push("Confirm your new phone number with the code we send you (below).");
+        phoneBox.querySelector("button").focus();
+      }
+      say(notes.join(" "));
+    } catch (ex) { showError(err, ex); err.focus(); }
   } },
     field("First name", { name: "first_name", value: me.first_name || "", autocomplete: "given-name" }),
     field("Last name", { name: "last_name", value: me.last_name || "", autocomplete: "family-name" }),
@@ -338,43 +437,59 @@ async function viewProfile() {
       me.pending_email ? `Waiting for confirmation of ${me.pending_email}.` : "A new address is used once you confirm it from your inbox."),
     field("Phone", { name: "phone", type: "tel", value: me.phone || "" }, "Used for 2-Step Verification; it must not have a dial tree."),
     field("Cell phone", { name: "cell_phone", type: "tel", value: me.cell_phone || "" }),
-    field("Time zone", { name: "time_zone", value: me.time_zone || "", placeholder: "America/New_York" }),
+    field("Time zone", { name: "time_zone", value: me.time_zone || "", placeholder: "America/New_York", list: "zones", autocomplete: "off" },
+      "Start typing a city, such as New York or Chicago."),
+    h("datalist", { id: "zones" }, (Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : []).map((z) => h("option", { value: z }))),
     field("ADA number", { name: "ada_number", value: me.ada_number || "" }),
     field("Specialties", { name: "specialties", value: (me.specialties || []).join(", ") }, "Separate several with commas."),
     h("label", { class: "check", for: "f-2step" }, h("input", { id: "f-2step", name: "two_step_required", type: "checkbox", checked: !!me.two_step_required }),
       "Use 2-Step Verification when I set or reset my password"),
     h("div", { class: "row" }, h("button", { type: "submit" }, "Save"), h("a", { href: "#/change-password" }, "Change password")),
     err);
+  const phoneBox = h("div", {});
   const practice = me.practice ? h("p", { class: "hint" }, `Practice: ${me.practice.name || ""}. Practice details can only be changed by PBHS Support.`) : null;
   const expiry = me.password_expiry_warning_days ? h("p", { class: "notice" }, `Your password expires in ${me.password_expiry_warning_days} days.`) : null;
-  page("Profile", expiry, h("div", { class: "card" }, practice, form));
+  const manager = (me.roles || []).includes("user_manager");
+  pageFor(seq, "Profile", expiry, h("div", { class: "card" }, practice, form, phoneBox),
+    manager ? h("p", {}, h("a", { href: "#/invoices" }, "SecureMail payments and invoices")) : null);
 }
 
 async function viewUsers() {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
   let users;
-  try { users = (await api("GET", "/practice/users")).users; } catch (ex) { showError(err, ex); page("Manage Users", err); return; }
+  try { users = (await api("GET", "/practice/users")).users; } catch (ex) { showError(err, ex); pageFor(seq, "Manage Users", err); return; }
   const statusBadge = (u) => {
     if (u.locked) return h("span", { class: "badge bad" }, "Locked");
-    if (u.status === "verified") return h("span", { class: "badge good" }, "Registered and verified");
-    if (u.status === "registered_unverified") return h("span", { class: "badge" }, "Registered, 2-step not completed");
-    return h("span", { class: "badge" }, "Invited");
+    if (u.status === "verified") return h("span", { class: "badge good" }, "Registered");
+    if (u.status === "registered_unverified") return h("span", { class: "badge" }, "Registered, phone not verified");
+    return h("span", { class: "badge" }, "Invited, not registered");
   };
-  const act = (fn, okText) => async () => { err.hidden = true; try { await fn(); say(okText); viewUsers(); } catch (ex) { showError(err, ex); } };
-  const rows = users.map((u) => h("tr", {},
-    h("td", {}, `${u.first_name || ""} ${u.last_name || ""}`.trim() || "—", h("br"), h("span", { class: "hint" }, u.email)),
-    h("td", {}, statusBadge(u)),
-    h("td", {}, h("label", { class: "check" },
-      h("input", { type: "checkbox", checked: !!u.two_step_required, disabled: !u.own_practice,
-                   onchange: (e) => act(() => api("PATCH", `/practice/users/${u.id}`, { two_step_required: e.target.checked }), "2-Step Verification setting saved.")() }),
-      "2-Step")),
-    h("td", {}, h("div", { class: "row" },
-      h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/reinvite`, {}), "Invitation sent again.") }, "Re-invite"),
-      u.own_practice ? h("button", { type: "button", class: "secondary", onclick: () => editUser(u) }, "Edit") : null))));
-  page("Manage Users",
-    h("p", { class: "hint" }, "Users invited to your practice, registered or not. You cannot invite users from this page."),
-    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "User"), h("th", {}, "Status"), h("th", {}, "Verification"), h("th", {}, "Actions"))),
-      h("tbody", {}, rows)), err);
+  const act = (fn, okText) => async () => {
+    err.hidden = true;
+    try { await fn(); await viewUsers(); say(okText); } catch (ex) { showError(err, ex); err.focus(); }
+  };
+  const rows = users.map((u) => {
+    const name = `${u.first_name || ""} ${u.last_name || ""}`.trim() || "(not registered yet)";
+    return h("tr", {},
+      cell("User", h("strong", {}, name), h("br"), h("span", { class: "hint" }, u.email),
+        u.securemail_paid ? h("span", { class: "badge good" }, "SecureMail") : null),
+      cell("Status", statusBadge(u)),
+      cell("2-Step", h("label", { class: "check" },
+        h("input", { type: "checkbox", checked: !!u.two_step_required, disabled: !u.own_practice,
+                     "aria-label": `2-Step Verification for ${u.email}`,
+                     onchange: (e) => act(() => api("PATCH", `/practice/users/${u.id}`, { two_step_required: e.target.checked }), "2-Step Verification setting saved.")() }),
+        "Required")),
+      cell("Actions", h("div", { class: "row" },
+        u.status === "invited" ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/reinvite`, {}), `Invitation sent again to ${u.email}.`) }, "Re-invite") : null,
+        u.locked && u.own_practice ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/unlock`, {}), `${u.email} is unlocked.`) }, "Unlock") : null,
+        u.own_practice ? h("button", { type: "button", class: "secondary", onclick: () => editUser(u) }, "Edit") : null)));
+  });
+  pageFor(seq, "Manage Users",
+    h("p", { class: "hint" }, "Users invited to your practice, registered or not. New users are invited by PBHS Support."),
+    h("div", { class: "table-wrap" }, h("table", { class: "stack" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "User"), h("th", { scope: "col" }, "Registration"), h("th", { scope: "col" }, "2-Step Verification"), h("th", { scope: "col" }, "Actions"))),
+      h("tbody", {}, rows))), err);
 }
 
 function editUser(u) {
@@ -385,73 +500,184 @@ function editUser(u) {
     const fd = new FormData(form);
     try {
       await api("PATCH", `/practice/users/${u.id}`, { email: fd.get("email"), phone: fd.get("phone") || null, cell_phone: fd.get("cell_phone") || null });
-      say("Saved. Ask the user to follow the registration link again, or re-invite them.");
-      viewUsers();
-    } catch (ex) { showError(err, ex); }
+      await viewUsers();
+      say("Saved. Re-invite the user so they get a registration link at the right address.");
+    } catch (ex) { showError(err, ex); err.focus(); }
   } },
     field("Email address", { name: "email", type: "email", value: u.email, disabled: !invited }),
-    field("Phone", { name: "phone", type: "tel", value: u.phone || "", disabled: !invited }),
+    field("Phone", { name: "phone", type: "tel", value: u.phone || "", disabled: !invited }, "For 2-Step Verification codes; the number must not have a dial tree."),
     field("Cell phone", { name: "cell_phone", type: "tel", value: u.cell_phone || "", disabled: !invited }),
     invited ? h("button", { type: "submit" }, "Save") : h("p", { class: "hint" }, "Registered users edit their own contact details."));
-  const buy = u.securemail_paid ? h("p", { class: "notice" }, "SecureMail is paid for this user.") :
-    h("button", { type: "button", class: "secondary", onclick: async () => {
-      if (!window.confirm(`Purchase SecureMail for ${u.email}? This adds $10/month to the card on file.`)) return;
-      try { await api("POST", "/billing/securemail", { user_id: u.id }); say("SecureMail purchased; access is granted now."); viewUsers(); }
-      catch (ex) { showError(err, ex); }
-    } }, "Purchase SecureMail for this User");
-  page(`Edit ${u.email}`, h("div", { class: "card narrow" }, form, h("h2", {}, "SecureMail"), buy, err,
-    h("p", {}, h("a", { href: "#/users" }, "Back to Manage Users"))));
+  const securemail = h("div", {});
+  const offer = () => securemail.replaceChildren(
+    h("button", { type: "button", class: "secondary", onclick: confirmStep }, "Purchase SecureMail for this User"));
+  const confirmStep = () => {
+    const yes = h("button", { type: "button", onclick: async () => {
+      yes.disabled = true; err.hidden = true;
+      try {
+        await api("POST", "/billing/securemail", { user_id: u.id });
+        u.securemail_paid = true;
+        securemail.replaceChildren(h("p", { class: "notice" }, "SecureMail purchased: the user has paid SecureMail access now."));
+        say("SecureMail purchased.");
+      } catch (ex) { yes.disabled = false; showError(err, ex); err.focus(); }
+    } }, "Confirm purchase");
+    const box = h("div", { class: "confirm", role: "group", "aria-labelledby": "buy-h", tabindex: "-1" },
+      h("p", { id: "buy-h" }, h("strong", {}, `Purchase SecureMail for ${u.email}?`)),
+      h("p", {}, "This starts charging $10/month for this account to the credit card on file. To change the payment method, contact the PBHS Billing Dept. at 800-840-5383."),
+      h("div", { class: "row" }, yes, h("button", { type: "button", class: "secondary", onclick: offer }, "Cancel")));
+    securemail.replaceChildren(box);
+    box.focus();
+  };
+  if (u.securemail_paid) securemail.replaceChildren(h("p", { class: "notice" }, "SecureMail is paid for this user."));
+  else offer();
+  page(`Edit ${u.email}`, h("div", { class: "card narrow" }, form, h("h2", {}, "SecureMail"), securemail, err,
+    h("p", {}, h("a", { href: "#/users", onclick: (e) => { e.preventDefault(); viewUsers(); } }, "Back to Manage Users"))));
+}
+
+// A table cell that, on a phone, shows its column's name before its content (see app.css).
+function cell(label, ...children) {
+  return h("td", { "data-label": label }, h("div", {}, ...children));
+}
+
+function fmtDate(iso) {
+  if (!iso) return "";
+  const zone = state.user && state.user.time_zone;  // the user's own time zone from the profile
+  try { return new Date(iso).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "numeric", minute: "2-digit", timeZone: zone || undefined, timeZoneName: "short" }); }
+  catch { return new Date(iso).toLocaleString(); }
+}
+function fmtSize(n) {
+  if (n >= 1024 * 1024) return (n / 1024 / 1024).toFixed(1) + " MB";
+  if (n >= 1024) return Math.round(n / 1024) + " KB";
+  return n + " bytes";
+}
+function senderName(m) {
+  const f = m.from || {};
+  return [f.name, f.practice_name].filter(Boolean).join(", ") || "Unknown sender";
 }
 
 async function viewFolder(folder) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
   const title = folder === "sent" ? "Sent" : "Inbox";
   let list = [];
-  try { const answer = await api("GET", `/messages?folder=${folder}`); list = answer.messages || answer.items || []; }
+  try { list = (await api("GET", `/messages?folder=${folder}`)).messages || []; }
   catch (ex) { showError(err, ex); }
-  const rows = list.map((m) => h("tr", {},
-    h("td", {}, folder === "sent" ? [].concat(m.to || []).join(", ") : m.from || m.sender || ""),
-    h("td", {}, h("a", { href: `#/message?id=${encodeURIComponent(m.id)}` }, m.subject || "(no subject)")),
-    h("td", {}, m.sent_at ? new Date(m.sent_at).toLocaleString() : "")));
-  page(title, list.length ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, folder === "sent" ? "To" : "From"), h("th", {}, "Subject"), h("th", {}, "Date"))), h("tbody", {}, rows))
-    : h("p", { class: "hint" }, "No messages."), err);
+  const rows = list.map((m) => h("tr", { class: m.read === false ? "unread" : null },
+    cell("Subject", h("a", { href: `#/message?id=${encodeURIComponent(m.id)}` }, m.subject || "(no subject)"),
+      m.attachment_count ? h("span", { class: "hint" }, ` · ${m.attachment_count} attachment${m.attachment_count > 1 ? "s" : ""}`) : null),
+    folder === "sent" ? null : cell("From", senderName(m)),
+    cell("Date", fmtDate(m.created_at))));
+  pageFor(seq, title,
+    h("p", {}, h("a", { class: "button", href: "#/compose" }, "Compose a secure message")),
+    list.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Subject"), folder === "sent" ? null : h("th", { scope: "col" }, "From"), h("th", { scope: "col" }, "Date"))),
+      h("tbody", {}, rows)))
+      : h("p", { class: "hint" }, folder === "sent" ? "You have not sent any messages yet." : "No messages."), err);
 }
 
 async function viewMessage(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
-  try {
-    const m = await api("GET", `/messages/${encodeURIComponent(params.get("id") || "")}`);
-    const msg = m.message || m;
-    page(msg.subject || "(no subject)",
-      h("p", { class: "hint" }, `From ${msg.from || ""}`),
-      h("div", { class: "card" }, h("p", {}, msg.body || "")),
-      (msg.attachments || []).length ? h("ul", {}, msg.attachments.map((a) => h("li", {},
-        h("a", { href: `/api/v1/messages/${encodeURIComponent(msg.id)}/attachments/${encodeURIComponent(a.id)}` }, a.name || a.filename || "attachment")))) : null);
-  } catch (ex) { showError(err, ex); page("Message", err); }
+  let msg;
+  try { msg = await api("GET", `/messages/${encodeURIComponent(params.get("id") || "")}`); }
+  catch (ex) { showError(err, ex); pageFor(seq, "Message", err); return; }
+  const attachments = msg.attachments || [];
+  const body = h("textarea", { id: "f-reply", name: "body", required: true });
+  const replyErr = errorBox();
+  const reply = h("form", { onsubmit: async (e) => {
+    e.preventDefault(); replyErr.hidden = true;
+    const button = reply.querySelector("button"); button.disabled = true;
+    try {
+      const sent = await api("POST", `/messages/${encodeURIComponent(msg.id)}/replies`, { body: body.value });
+      go(`#/message?id=${encodeURIComponent(sent.id)}`, "Your reply has been sent.");
+    } catch (ex) { showError(replyErr, ex); replyErr.focus(); } finally { button.disabled = false; }
+  } }, h("label", { for: "f-reply" }, "Reply", body), h("div", { class: "row" }, h("button", { type: "submit" }, "Send reply")), replyErr);
+  pageFor(seq, msg.subject || "(no subject)",
+    h("dl", { class: "meta" },
+      h("dt", {}, "From"), h("dd", {}, senderName(msg)),
+      h("dt", {}, "To"), h("dd", {}, (msg.to || []).map((r) => r.email).join(", ")),
+      h("dt", {}, "Sent"), h("dd", {}, fmtDate(msg.created_at)),
+      msg.expires_at ? [h("dt", {}, "Expires"), h("dd", {}, fmtDate(msg.expires_at))] : null),
+    h("div", { class: "card body" }, msg.body || ""),
+    attachments.length ? [h("h2", {}, "Attachments"), h("ul", { class: "files" }, attachments.map((a) => h("li", {},
+      h("a", { href: `/api/v1/messages/${encodeURIComponent(msg.id)}/attachments/${encodeURIComponent(a.id)}`, download: a.filename },
+        `Download ${a.filename}`), h("span", { class: "hint" }, ` (${fmtSize(a.size)})`))))] : null,
+    (msg.thread || []).length > 1 ? [h("h2", {}, "Conversation"), h("ol", { class: "thread" }, msg.thread.map((t) => h("li", {},
+      t.id === msg.id ? h("strong", { "aria-current": "page" }, t.subject) : h("a", { href: `#/message?id=${encodeURIComponent(t.id)}` }, t.subject),
+      h("span", { class: "hint" }, ` · ${senderName(t)} · ${fmtDate(t.created_at)}`))))] : null,
+    h("h2", {}, "Reply to everyone in this conversation"), h("div", { class: "card" }, reply),
+    h("p", {}, h("a", { href: msg.folder === "sent" ? "#/sent" : "#/inbox" }, `Back to ${msg.folder === "sent" ? "Sent" : "Inbox"}`)));
 }
 
 function viewCompose() {
   const err = errorBox();
+  const files = h("input", { id: "f-files", name: "files", type: "file", multiple: true, "aria-describedby": "files-hint",
+                             accept: ACCEPTED_TYPES.map((e) => "." + e).join(",") });
+  const chosen = h("p", { class: "hint", "aria-live": "polite", hidden: true });
+  const tooBig = () => [...files.files].reduce((n, f) => n + f.size, 0) > MAX_UPLOAD_BYTES;
+  const refused = () => [...files.files].filter((f) => !ACCEPTED_TYPES.includes((f.name.split(".").pop() || "").toLowerCase()));
+  files.addEventListener("change", () => {
+    const total = [...files.files].reduce((n, f) => n + f.size, 0);
+    chosen.textContent = files.files.length ? `${files.files.length} file(s), ${fmtSize(total)} in total.` : "";
+    chosen.hidden = !files.files.length;
+  });
   const form = h("form", { onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
-    const button = form.querySelector("button"); button.disabled = true;
-    try { await api("POST", "/messages", new FormData(form)); say("Your secure message has been sent."); location.hash = "#/sent"; }
-    catch (ex) { showError(err, ex); } finally { button.disabled = false; }
+    const fd = new FormData(form);
+    const to = (fd.get("to") || "").split(/[,;\s]+/).map((s) => s.trim()).filter(Boolean);
+    if (tooBig()) { showError(err, { message: "Attachments may total at most 300 MB per message." }); err.focus(); return; }
+    const bad = refused();
+    if (bad.length) { showError(err, { message: `This file type is not accepted: ${bad.map((f) => f.name).join(", ")}.` }); err.focus(); return; }
+    // The mail service reads a JSON part named "message" first, then the files.
+    const body = new FormData();
+    body.append("message", JSON.stringify({ to, subject: fd.get("subject"), body: fd.get("body") }));
+    for (const f of files.files) body.append("file", f, f.name);
+    const button = form.querySelector("button[type=submit]"); button.disabled = true;
+    say(files.files.length ? "Sending your message and its attachments…" : "");
+    try {
+      const sent = await api("POST", "/messages", body);
+      go(`#/message?id=${encodeURIComponent(sent.id)}`, "Your secure message has been sent.");
+    } catch (ex) { say(""); showError(err, ex); err.focus(); } finally { button.disabled = false; }
   } },
-    field("To", { name: "to", type: "email", multiple: true, required: true }, "Separate several addresses with commas."),
-    field("Subject", { name: "subject", required: true }),
-    h("label", { for: "f-body" }, "Message", h("textarea", { id: "f-body", name: "body", required: true })),
-    field("Attachments", { name: "files", type: "file", multiple: true }, "Up to 300 MB in total per message."),
-    h("button", { type: "submit" }, "Send securely"), err);
+    field("To", { name: "to", type: "text", required: true, autocomplete: "off", inputmode: "email" }, "Separate several addresses with commas. Someone without an account is invited to register to read it."),
+    field("Subject", { name: "subject", required: true, maxlength: 300 }),
+    h("label", { for: "f-body" }, "Message", h("textarea", { id: "f-body", name: "body" })),
+    h("div", { class: "field" }, h("label", { for: "f-files" }, "Attachments"), files,
+      h("span", { class: "hint", id: "files-hint" }, "Up to 300 MB in total per message. Accepted types: " + ACCEPTED_TYPES.join(", ") + ".")),
+    chosen,
+    h("div", { class: "row" }, h("button", { type: "submit" }, "Send securely")), err);
   page("Compose", h("div", { class: "card" }, form));
+}
+
+async function viewInvoices() {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const err = errorBox();
+  let invoices = [], card = null;
+  try { invoices = (await api("GET", "/billing/invoices")).invoices || []; } catch (ex) { showError(err, ex); }
+  try { card = (await api("GET", "/billing/card")).card; } catch (ex) { if (ex.status !== 404) showError(err, ex); }
+  const money = (cents, cur) => new Intl.NumberFormat(undefined, { style: "currency", currency: (cur || "usd").toUpperCase() }).format((cents || 0) / 100);
+  const rows = invoices.map((i) => h("tr", {},
+    cell("Invoice", i.number || i.id, i.own ? "" : h("span", { class: "hint" }, " (another user's account)")),
+    cell("Period", i.period_start ? `${new Date(i.period_start).toLocaleDateString()} – ${new Date(i.period_end).toLocaleDateString()}` : ""),
+    cell("Amount", money(i.amount_cents, i.currency)),
+    cell("Status", h("span", { class: "badge" + (i.status === "paid" ? " good" : "") }, i.status))));
+  pageFor(seq, "SecureMail payments",
+    h("p", {}, card ? `Card on file: ${card.brand || "card"} ending in ${card.last4}, expires ${card.exp_month}/${card.exp_year}.` : "No credit card on file."),
+    h("p", { class: "hint" }, "To change the payment method, contact the PBHS Billing Dept. at 800-840-5383."),
+    invoices.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Invoice"), h("th", { scope: "col" }, "Period"), h("th", { scope: "col" }, "Amount"), h("th", { scope: "col" }, "Status"))),
+      h("tbody", {}, rows))) : h("p", { class: "hint" }, "No invoices yet."), err);
 }
 
 // ---- navigation ----------------------------------------------------------------------------------------
 function renderNav() {
   const nav = document.getElementById("nav");
   nav.hidden = !state.csrf;
+  // Until a forced step is done (expired password, phone not verified) only "Log out" is offered.
+  for (const a of nav.querySelectorAll("a")) a.hidden = !!state.restriction;
   const manager = state.user && (state.user.roles || []).includes("user_manager");
-  document.getElementById("nav-users").hidden = !manager;
+  document.getElementById("nav-users").hidden = !manager || !!state.restriction;
+  document.getElementById("nav-invoices").hidden = !manager || !!state.restriction;
   const here = location.hash.split("?")[0];
   for (const a of nav.querySelectorAll("a")) {
     if (a.getAttribute("href") === here) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
@@ -464,18 +690,29 @@ const PUBLIC = {
 const PRIVATE = {
   "#/inbox": () => viewFolder("inbox"), "#/sent": () => viewFolder("sent"), "#/compose": viewCompose,
   "#/message": viewMessage, "#/profile": viewProfile, "#/users": viewUsers,
-  "#/change-password": viewChangePassword, "#/verify-phone": viewVerifyPhone,
+  "#/change-password": viewChangePassword, "#/verify-phone": viewVerifyPhone, "#/invoices": viewInvoices, "#/confirm-email": viewConfirmEmail,
 };
 
 async function route() {
   const [path, query] = (location.hash || "#/").split("?");
   const params = new URLSearchParams(query || "");
+  const mySeq = ++routeSeq;
+  say(pendingFlash || "");
+  pendingFlash = null;
   renderNav();
   if (PUBLIC[path]) return PUBLIC[path](params);
   if (!state.csrf) {
-    try { adopt(await api("GET", "/session")); }
-    catch { location.hash = "#/login"; return; }
+    try {
+      adopt(await api("GET", "/session"));
+      // The session names only the user's id and roles; the profile has the time zone for dates.
+      try { state.user = { ...state.user, ...(await api("GET", "/me")).user }; renderNav(); } catch { /* not needed to go on */ }
+    }
+    catch {
+      if (path !== "#/" && path !== "#/inbox") sessionStorage.setItem("after_login", location.hash);
+      location.hash = "#/login"; return;
+    }
   }
+  if (mySeq !== routeSeq) return;  // the user went elsewhere meanwhile
   if (state.restriction === "password_expired" && path !== "#/change-password") { location.hash = "#/change-password"; return; }
   if (state.restriction === "verification_required" && path !== "#/verify-phone") { location.hash = "#/verify-phone"; return; }
   (PRIVATE[path] || PRIVATE["#/inbox"])(params);

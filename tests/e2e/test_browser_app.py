@@ -1,0 +1,130 @@
+"""The web app in a real browser against the real stack: what a user sees when signing in
+and out, mistyping the password, being signed out after 30 idle minutes, and registering
+from an invitation link with a text-message code."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, expect
+from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack, links
+
+CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")  # as in conftest.py
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"{CHROMIUM} is missing: install Debian's chromium (scripts/bootstrap.sh does)",
+)
+
+
+async def log_in(page: Page, email_address: str, password: str) -> None:
+    await page.goto("/#/login")
+    await page.get_by_label("Email address").fill(email_address)
+    await page.get_by_label("Password", exact=True).fill(password)
+    await page.get_by_role("button", name="Log in").click()
+
+
+async def test_support_logs_in_and_out(page: Page) -> None:
+    await page.goto("/")
+    await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+
+    await log_in(page, SUPPORT_EMAIL, SUPPORT_PASSWORD)
+    await expect(page).to_have_url("/#/inbox")
+    await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    await expect(page.get_by_role("status")).to_have_text("You have been logged out.")
+    await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+    # The session is gone on the server too: a private page sends back to the login page.
+    await page.goto("/#/profile")
+    await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+
+
+async def test_wrong_password_shows_the_api_message_and_stays_signed_out(page: Page) -> None:
+    await log_in(page, SUPPORT_EMAIL, "Not-The-Password-1!")
+    alert = page.get_by_role("alert")
+    await expect(alert).to_have_text("The email or password is not right.")
+    await expect(alert).to_be_focused()
+    await expect(page).to_have_url("/#/login")
+    await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+
+
+async def test_idle_for_30_minutes_sends_back_to_login_with_the_reason(page: Page, stack: Stack) -> None:
+    await log_in(page, SUPPORT_EMAIL, SUPPORT_PASSWORD)
+    await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+
+    stack.clock.advance(minutes=31)
+    await page.get_by_role("link", name="Profile").click()
+    await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    await expect(page.get_by_role("status")).to_contain_text("signed out after 30 minutes of inactivity")
+    await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+
+
+async def test_register_from_invitation_with_a_text_message_code(page: Page, stack: Stack) -> None:
+    phone = "+12025550143"
+    async with stack.browser() as support:
+        status, body, _ = await support.login(SUPPORT_EMAIL, SUPPORT_PASSWORD)
+        assert status == 200, body
+        status, body, _ = await support.call("POST", "/admin/practices", json={
+            "name": "Lakeside Dental",
+            "first_user": {"email": "dana@lakeside.example", "phone": phone, "two_step_required": True},
+        })
+        assert status == 201, body
+    invitation = await stack.mail_to("dana@lakeside.example")
+    link = next(link for link in links(invitation) if "#/register?token=" in link)
+
+    await page.goto(link)
+    await expect(page.get_by_role("heading", name="Register")).to_be_visible()
+    await expect(page.get_by_text("dana@lakeside.example")).to_be_visible()
+    await page.get_by_label("First name").fill("Dana")
+    await page.get_by_label("Last name").fill("Reyes")
+
+    # The rules are ticked off live as the password is typed.
+    password = page.get_by_label("Password", exact=True)
+    rules = page.locator("#pw-rules")
+    await password.fill("sunny")
+    await expect(rules.get_by_text("An upper case letter (A-Z)")).to_have_class("missing")
+    await password.fill("Sunny-Lake-42")
+    await expect(rules.get_by_text("An upper case letter (A-Z)")).to_have_class("ok")
+    await expect(rules.get_by_text("At least 8 characters")).to_have_class("ok")
+    await page.get_by_label("Repeat the password").fill("Sunny-Lake-42")
+
+    # The terms must be accepted: the browser keeps the form from being sent without it.
+    await page.get_by_role("button", name="Create my account").click()
+    await expect(page.get_by_role("heading", name="Register")).to_be_visible()
+    await page.get_by_label("I have read and accept the Terms of Use", exact=False).check()
+    await page.get_by_role("button", name="Create my account").click()
+
+    await expect(page.get_by_text("does not have a dial tree")).to_be_visible()
+    await page.get_by_role("button", name="Text me a code").click()
+    code_box = page.get_by_label("6-digit code")
+    await expect(code_box).to_be_focused()
+    code = await stack.code_for(phone, channel="sms")
+
+    await code_box.fill("000000" if code != "000000" else "111111")
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page.get_by_role("alert")).to_be_visible()  # a wrong code is refused, in words
+
+    await code_box.fill(code)
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page).to_have_url("/#/inbox")
+    await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+    await expect(page.get_by_role("status")).to_have_text("Your phone number is verified.")
+    await expect(page.get_by_role("link", name="Manage Users")).to_be_visible()  # the first user manages the practice
+
+
+
+async def test_locked_account_is_told_to_reset_the_password(page: Page) -> None:
+    for attempt in range(5):  # the fifth wrong password in a row locks the account
+        await log_in(page, SUPPORT_EMAIL, f"Wrong-Guess-{attempt}!")
+        await expect(page.get_by_role("alert")).to_have_text("The email or password is not right.")
+    # Now even the right password is refused, with what to do about it.
+    await log_in(page, SUPPORT_EMAIL, SUPPORT_PASSWORD)
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("Reset your password to unlock it.")
+    await alert.get_by_role("link", name="Reset my password").click()
+    await expect(page.get_by_role("heading", name="Forgot password")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
