@@ -139,6 +139,8 @@ async def test_downloads_stream_back_with_range_and_disposition(browser):
         assert resp.headers["Content-Disposition"] == 'attachment; filename="scan.bin"'
         assert resp.headers["Content-Length"] == str(FILE_SIZE)
         assert "tracker" not in resp.cookies  # services do not set cookies through the gateway
+        # a streamed answer gets the security headers too (set before it is prepared)
+        assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
         assert await resp.read() == file_bytes()
     async with browser.http.get(browser.url("/api/v1/messages/m1/attachments/a1"),
                                 headers={"Range": "bytes=100-199"}) as resp:

@@ -17,6 +17,7 @@ import email
 import email.policy
 import json
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer, unused_port
+from aiohttp.test_utils import TestServer
 
 from msp_auth.app import create_app as create_auth
 from msp_auth.config import AuthSettings
@@ -104,18 +105,26 @@ async def build_stack(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_
     """Start the four services and the dev SMTP server; `overrides` maps "auth", "verify",
     "mail", "gateway" to extra settings for that service."""
     overrides = overrides or {}
-    smtp_port = unused_port()
     servers: list[TestServer] = []
 
-    async def serve(app: web.Application, port: int | None = None) -> str:
-        server = TestServer(app, host="127.0.0.1", port=port or unused_port())
+    async def serve(app: web.Application, sock: socket.socket | None = None) -> str:
+        # Port 0 (the kernel picks) or a socket bound in advance: never a port number that
+        # another process could take between choosing it and binding it.
+        server = TestServer(app, host="127.0.0.1", port=0,
+                            **({"socket_factory": lambda *_: sock} if sock is not None else {}))
         await server.start_server()
         servers.append(server)
         return str(server.make_url("")).rstrip("/")
 
-    gateway_port = unused_port()
+    # The gateway's address must be known before the apps are built (links in emails, the
+    # allowed origin), so its socket is bound first and handed over when it starts.
+    gateway_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    gateway_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    gateway_sock.bind(("127.0.0.1", 0))
+    gateway_port = gateway_sock.getsockname()[1]
     public_url = f"http://127.0.0.1:{gateway_port}"
-    async with DevSmtpServer(dev_outbox, port=smtp_port):
+    async with DevSmtpServer(dev_outbox, port=0) as smtp:
+        smtp_port = smtp.port
         try:
             # Cheap argon2 parameters: tests hash many passwords.
             auth_app = create_auth(AuthSettings(**{
@@ -137,7 +146,7 @@ async def build_stack(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_
                 **base_env, "auth_url": auth_url, "verify_url": verify_url, "mail_url": mail_url,
                 "billing_url": auth_url, "public_url": public_url, "shutdown_grace_seconds": 2,
                 "session_purge_seconds": 3600, **overrides.get("gateway", {})}), clock=clock)
-            await serve(gateway_app, gateway_port)
+            await serve(gateway_app, gateway_sock)
             stack = Stack(public_url, auth_app, verify_app, mail_app, gateway_app, dev_outbox,
                           base_env["amqp_url"], base_env["bus_exchange"], clock)
             try:
@@ -148,6 +157,7 @@ async def build_stack(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_
         finally:
             for server in reversed(servers):
                 await server.close()
+            gateway_sock.close()  # if the gateway never started; closing twice is harmless
 
 
 class Browser:

@@ -192,7 +192,7 @@ async def purchase_securemail(request: web.Request) -> web.Response:
             if invoice is not None and not isinstance(invoice, str):
                 await accounting.charge(conn, invoice.to_dict(), payer_id=ident.user_id, user_id=target, at=now)
             await store.audit(conn, at=now, actor=ident.user_id, subject=target, action=action,
-                              outcome="ok" if granted else "ok:repeat", ip=ident.ip,
+                              outcome="ok" if granted else "ok:granted_by_webhook", ip=ident.ip,
                               details={"subscription_id": sub.id})
     if row is None or row["status"] != "active" or str(row["user_id"]) != target:
         # Another User Manager's purchase for the same user won the race, or Stripe already
@@ -201,7 +201,11 @@ async def purchase_securemail(request: web.Request) -> web.Response:
             await payments.cancel(sub.id, f"{key}-undo")
         await _audit(request, ident, action, "denied:already_paid", target, subscription_id=sub.id)
         raise ApiError(409, "already_paid", "SecureMail for this user is already paid for.")
-    return web.json_response({"subscription": _subscription_view(row)}, status=201 if granted else 200)
+    # 201 when this request made the purchase, whoever recorded it first (Stripe's webhook for
+    # this very subscription may have granted it a moment before us); 200 when Stripe replayed
+    # an earlier request's answer for the same idempotency key (a double click).
+    replayed = sub.last_response is not None and sub.last_response.headers.get("Idempotent-Replayed") == "true"
+    return web.json_response({"subscription": _subscription_view(row)}, status=200 if replayed else 201)
 
 
 async def list_securemail(request: web.Request) -> web.Response:

@@ -43,24 +43,14 @@ def seal_chunk(data_key: bytes, file_id: str, index: int, plaintext: bytes, *, l
     return nonce + AESGCM(data_key).encrypt(nonce, plaintext, _aad(file_id, index, last))
 
 
-def sealed_batch_size(plain_size: int, *, last: bool) -> int:
-    count = -(-plain_size // CHUNK_SIZE) or (1 if last else 0)
-    return plain_size + count * (NONCE_SIZE + TAG_SIZE)
-
-
-def seal_chunks(
-    aead: AESGCM, file_id: str, first_index: int, plaintext: memoryview | bytes, *, last: bool, out: bytearray | None = None
-) -> bytearray:
+def seal_chunks(aead: AESGCM, file_id: str, first_index: int, plaintext: memoryview | bytes, *, last: bool) -> bytearray:
     """Seal `plaintext` as consecutive CHUNK_SIZE chunks numbered from `first_index`, into
-    one buffer, byte for byte what `seal_chunk` gives for each (the final one flagged
-    `last` if asked; an empty plaintext with `last` gives the one empty chunk). No copies:
-    the ciphertext is written in place, into `out` if given (sealed_batch_size bytes)."""
+    one buffer: byte for byte what `seal_chunk` gives for each (the final one flagged
+    `last` if asked; an empty plaintext with `last` gives the one empty chunk). One
+    allocation per batch and no copies: the ciphertext is written in place."""
     view = memoryview(plaintext)
     count = -(-len(view) // CHUNK_SIZE) or (1 if last else 0)
-    if out is None:
-        out = bytearray(sealed_batch_size(len(view), last=last))
-    if len(out) != sealed_batch_size(len(view), last=last):
-        raise ValueError("output buffer of the wrong size")
+    out = bytearray(len(view) + count * (NONCE_SIZE + TAG_SIZE))
     target = memoryview(out)
     pos = 0
     for i in range(count):
