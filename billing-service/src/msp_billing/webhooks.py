@@ -17,7 +17,7 @@ import stripe
 from aiohttp import web
 
 from msp_shared.errors import ApiError
-from msp_shared.web import CLOCK, POOL
+from msp_shared.web import CLOCK, POOL, read_limited
 
 from . import accounting, store
 from .keys import PAYMENTS
@@ -88,11 +88,7 @@ HANDLERS = {
 
 
 async def stripe_webhook(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "too_large", "The request body is too large.")
-    payload = await request.content.read(MAX_BODY + 1)
-    if len(payload) > MAX_BODY:
-        raise ApiError(413, "too_large", "The request body is too large.")
+    payload = await read_limited(request, MAX_BODY)
     try:
         event = request.app[PAYMENTS].construct_event(payload, request.headers.get("Stripe-Signature"))
     except stripe.SignatureVerificationError:
@@ -117,17 +113,4 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     return web.json_response({"received": True})
 
 
-def exempt_from_identity(identity_check: Any) -> Any:
-    """Wrap the shared identity middleware so exactly this path skips it (Stripe has no
-    gateway identity); every other path still needs one."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == PATH and request.method == "POST":
-            return await handler(request)
-        return await identity_check(request, handler)
-
-    return middleware
-
-
-__all__ = ["PATH", "exempt_from_identity", "stripe_webhook"]
+__all__ = ["PATH", "stripe_webhook"]

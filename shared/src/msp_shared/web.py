@@ -70,12 +70,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
 
 
-def identity_middleware(secret: bytes, clock: Clock) -> Callable:
-    """Refuse every request that does not carry a valid gateway identity header."""
+def identity_middleware(secret: bytes, clock: Clock, *, exempt: frozenset[tuple[str, str]] = frozenset()) -> Callable:
+    """Refuse every request that does not carry a valid gateway identity header, except the
+    health probes and the (method, path) pairs in `exempt` (callers with proofs of their
+    own, such as Stripe's signed webhooks)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or (request.method, request.path) in exempt:
             return await handler(request)
         try:
             request[IDENTITY] = identity.verify(
@@ -103,13 +105,20 @@ def require_user(request: web.Request) -> identity.Identity:
     return ident
 
 
-async def read_model(request: web.Request, model: type[BaseModel], *, max_bytes: int = 64 * 1024) -> Any:
-    """Parse a JSON body into a pydantic model, with errors in the API's shape."""
+async def read_limited(request: web.Request, max_bytes: int) -> bytes:
+    """The raw body, refused with 413 past `max_bytes` whether or not a length was declared
+    (client_max_size does not bound bodies read from request.content)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "too_large", "The request body is too large.")
     raw = await request.content.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise ApiError(413, "too_large", "The request body is too large.")
+    return raw
+
+
+async def read_model(request: web.Request, model: type[BaseModel], *, max_bytes: int = 64 * 1024) -> Any:
+    """Parse a JSON body into a pydantic model, with errors in the API's shape."""
+    raw = await read_limited(request, max_bytes)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -159,6 +168,7 @@ def service_app(
     migrations: Path | None = None,
     clock: Clock | None = None,
     check_identity: bool = True,
+    identity_exempt: frozenset[tuple[str, str]] = frozenset(),
     client_max_size: int = 1024 * 1024,
     middlewares: list | None = None,
 ) -> web.Application:
@@ -169,7 +179,8 @@ def service_app(
         # tracing first: its SERVER span covers the error and identity middlewares too
         middlewares = [telemetry.tracing_middleware, error_middleware]
         if check_identity:
-            middlewares.append(identity_middleware(settings.identity_secret.get_secret_value().encode(), clock))
+            middlewares.append(identity_middleware(
+                settings.identity_secret.get_secret_value().encode(), clock, exempt=identity_exempt))
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[SETTINGS] = settings
     app[CLOCK] = clock
