@@ -26,6 +26,8 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -67,6 +69,29 @@ def _cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far (/proc/stat), for a diagnostic:
+    how many of the cores the saturation phase kept busy, whoever used them."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), idle / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pids() -> list[int]:
+    """The local RabbitMQ (beam.smp) processes, for a diagnostic CPU figure: empty when the
+    broker runs elsewhere."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def _spawn(target, *args) -> mp.Process:  # noqa: ANN001
@@ -179,6 +204,8 @@ def _consumer_service(dsn: str, exchange: str, ready: mp.Event, stop: mp.Event) 
         await bus.start()
         ready.set()
         await asyncio.to_thread(stop.wait)
+        # Diagnostic (stderr): how many deliveries the consumer handled per burst, on average.
+        print(f"consumer bursts: {bus.bursts}, deliveries: {bus.burst_deliveries}", file=sys.stderr)
         await bus.close()
         await pool.close()
 
@@ -212,8 +239,15 @@ def _producer_service(dsn: str, exchange: str, writers: int, commands) -> None: 
                             await write(i)
 
                     start = time.time()
+                    before = (relay.passes, relay.notifications)
                     await asyncio.gather(*(writer() for _ in range(writers)))
-                    commands.send(("written", start, time.time()))
+                    end = time.time()
+                    deadline = time.monotonic() + 300  # the coordinator's own wait fails first
+                    while relay.published < first + count and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)  # so the diagnostics cover the whole relay work
+                    commands.send(("written", start, end,
+                                   {"relay_passes": relay.passes - before[0],
+                                    "relay_notifications": relay.notifications - before[1]}))
                 elif command[0] == "paced":
                     _, first, count, rate = command
                     interval, t0, tasks = 1 / rate, time.perf_counter(), []
@@ -221,7 +255,7 @@ def _producer_service(dsn: str, exchange: str, writers: int, commands) -> None: 
                         tasks.append(asyncio.create_task(write(first + k)))
                         await asyncio.sleep(max(0.0, t0 + (k + 1) * interval - time.perf_counter()))
                     await asyncio.gather(*tasks)
-                    commands.send(("written", t0, time.perf_counter()))
+                    commands.send(("written", t0, time.perf_counter(), {}))
                 else:
                     break
         finally:
@@ -241,7 +275,31 @@ async def _wait_effects(pool, first: int, count: int, timeout: float) -> None:  
         await asyncio.sleep(0.05)
 
 
-async def outbox_path(dsn: str, n: int, writers: int, rates: list[float], paced_seconds: float) -> dict:
+def _start_profilers(directory: str | None, pids: dict[str, int]) -> list[subprocess.Popen]:
+    """Diagnostics only (--profile DIR): py-spy samples each process during the saturation
+    phase, in py-spy's raw (collapsed stacks) format, non-blocking so it disturbs little."""
+    if not directory:
+        return []
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "-r", "250", "-f", "raw", "-p", str(pid),
+             "-o", str(Path(directory) / f"{name}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def _stop_profilers(profilers: list[subprocess.Popen]) -> None:
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for profiler in profilers:
+        profiler.wait(30)
+
+
+async def outbox_path(dsn: str, n: int, writers: int, rates: list[float], paced_seconds: float,
+                      profile: str | None = None) -> dict:
     migrations = Path(f"/tmp/msp-bench-{uuid.uuid4().hex[:6]}")
     migrations.mkdir()
     (migrations / "0001_effects.sql").write_text(EFFECTS_SQL)
@@ -271,13 +329,22 @@ async def outbox_path(dsn: str, n: int, writers: int, rates: list[float], paced_
         )
         backends = [r["pid"] for r in await pool.fetch(backends_sql)]
         groups = {"writers_and_relay_process": [producer.pid], "consumer_process": [consumer.pid],
-                  "postgres_backends": backends}
+                  "postgres_backends": backends,
+                  # Diagnostic: the broker serves everyone on the machine, not only this run.
+                  "broker_diagnostic": _broker_pids()}
         cpu_before = {name: _cpu_seconds(pids) for name, pids in groups.items()}
+        machine_before = _machine_cpu()
+
+        profilers = _start_profilers(profile, {"producer": producer.pid, "consumer": consumer.pid})
+        if profilers:
+            await asyncio.sleep(1)  # let py-spy attach before the work starts
 
         # 1. Saturation: `writers` concurrent writers, each event its own transaction.
         ours.send(("saturate", 0, n))
-        _, w_start, w_end = await asyncio.to_thread(ours.recv)
+        _, w_start, w_end, relay_diagnostics = await asyncio.to_thread(ours.recv)
         await _wait_effects(pool, 0, n, 300)
+        machine_after = _machine_cpu()
+        _stop_profilers(profilers)
         # Connections opened during the run: all their CPU was spent in it.
         backends += [pid for pid in (r["pid"] for r in await pool.fetch(backends_sql)) if pid not in backends]
         cpu_ms_per_event = {
@@ -292,6 +359,12 @@ async def outbox_path(dsn: str, n: int, writers: int, rates: list[float], paced_
             "outbox_writes_per_s": round(n / (w_end - w_start), 1),
             "end_to_end_events_per_s": round(n / (last_effect - first_write), 1),
             "cpu_ms_per_event": cpu_ms_per_event,  # the machine also runs the broker and others' work
+            "relay_diagnostics": relay_diagnostics,
+            # Diagnostic: cores busy on the whole machine during saturation (2 = CPU-bound).
+            "machine_busy_cores": round(
+                (machine_after[0] - machine_before[0])
+                / max(1e-9, (machine_after[0] - machine_before[0] + machine_after[1] - machine_before[1]))
+                * (os.cpu_count() or 1), 2),
         }
 
         # 2. Latency at steady rates below saturation (what a user's action sees).
@@ -300,7 +373,7 @@ async def outbox_path(dsn: str, n: int, writers: int, rates: list[float], paced_
         for rate in rates:
             count = int(rate * paced_seconds)
             ours.send(("paced", first, count, rate))
-            _, p_start, p_end = await asyncio.to_thread(ours.recv)
+            _, p_start, p_end, _ = await asyncio.to_thread(ours.recv)
             await _wait_effects(pool, first, count, 120)
             # The relay marks a row after the confirm; its commit can come after the effect.
             while await pool.fetchval(f"SELECT count(*) FROM {PRODUCER_SCHEMA}.outbox WHERE published_at IS NULL"):
@@ -346,11 +419,13 @@ async def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--paced-rates", default="50,200", help="comma-separated events/s")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--profile", metavar="DIR", help="diagnostics: py-spy raw profiles of both processes"
+                        " during saturation (they slow it down: figures of such a run are not comparable)")
     args = parser.parse_args()
     rates = [float(r) for r in args.paced_rates.split(",") if r]
     raw = await raw_aio_pika(args.events)
     async with scratch_database() as dsn:
-        ours = await outbox_path(dsn, args.events, args.writers, rates, args.paced_seconds)
+        ours = await outbox_path(dsn, args.events, args.writers, rates, args.paced_seconds, args.profile)
     emit(
         {
             "bench": "bus",

@@ -13,7 +13,7 @@ import pytest
 from bus_testkit import TcpProxy, ThingHappened, demo_pool, effect_counts, eventually, make_bus, record_effect, thing  # noqa: F401
 from msp_shared.bus import ERROR_HEADER, RETRIES_HEADER, Bus, BusNotConnected
 from msp_shared.events import Envelope
-from msp_shared.inbox import idempotent
+from msp_shared.inbox import Idempotent, idempotent
 
 TYPE = ThingHappened.TYPE
 
@@ -346,3 +346,195 @@ async def test_a_failing_per_replica_handler_is_retried_then_parked(make_bus: Ca
     assert attempts == [5, 5, 5]
     assert parked[0].headers[ERROR_HEADER] == "ValueError"
     assert parked[0].headers[RETRIES_HEADER] == 2
+
+
+# ---- bursts: batch-capable handlers (the idempotent inbox) -----------------------------------
+
+
+class _RecordingInbox(Idempotent):
+    """The idempotent inbox, noting the size of every burst the bus hands it."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.bursts: list[int] = []
+
+    async def handle_batch(self, envelopes, *args):  # noqa: ANN001, ANN002, ANN201
+        self.bursts.append(len(envelopes))
+        return await super().handle_batch(envelopes, *args)
+
+
+def _gated(gate: asyncio.Event, *, poisoned: int | None = None, calls: collections.Counter | None = None):  # noqa: ANN202
+    """An effect that waits for `gate` on event 0 (so later deliveries pile up into one burst)
+    and always fails on event `poisoned`, after its write."""
+
+    async def effect(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        n = envelope.data["n"]
+        if calls is not None:
+            calls[n] += 1
+        if n == 0:
+            await gate.wait()
+        await record_effect(conn, envelope)
+        if n == poisoned:
+            raise RuntimeError("poisoned")
+
+    return effect
+
+
+async def _queue_is_settled(amqp_url: str, bus: Bus, group: str) -> int:
+    """Messages left in the group's queue once `bus` is closed (unacked ones come back)."""
+    await bus.close()
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(bus.queue_name(group), passive=True)
+        return queue.declaration_result.message_count
+    finally:
+        await connection.close()
+
+
+async def test_deliveries_arriving_during_a_burst_are_handled_as_one_burst_and_all_acked(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, amqp_url: str
+) -> None:
+    gate = asyncio.Event()
+    inbox = _RecordingInbox(demo_pool, "demo", _gated(gate))
+    bus = make_bus(prefetch=32)
+    bus.subscribe("bursts", [TYPE], inbox)
+    await bus.start()
+    await bus.publish(thing(0))
+    await eventually(lambda: asyncio.sleep(0, inbox.bursts == [1]), what="the first burst")
+    await asyncio.gather(*(bus.publish(thing(n)) for n in range(1, 21)))
+    await asyncio.sleep(0.3)  # the 20 are delivered (prefetch 32) while event 0 is held
+    gate.set()
+
+    await eventually(lambda: _effects_are(demo_pool, 21), what="21 effects")
+    assert await effect_counts(demo_pool) == (21, 21)
+    assert inbox.bursts[0] == 1 and max(inbox.bursts[1:]) > 1  # they came together
+    assert sum(inbox.bursts) == 21
+    # Every delivery was acked (one multiple ack per burst): nothing comes back on close.
+    assert await _queue_is_settled(amqp_url, bus, "bursts") == 0
+
+
+async def test_a_poisoned_event_in_a_burst_is_retried_then_parked_alone_and_the_others_take_effect_once(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, amqp_url: str
+) -> None:
+    gate = asyncio.Event()
+    calls: collections.Counter = collections.Counter()
+    inbox = _RecordingInbox(demo_pool, "demo", _gated(gate, poisoned=7, calls=calls))
+    bus = make_bus(max_retries=2)
+    bus.subscribe("poison", [TYPE], inbox)
+    await bus.start()
+    events = [thing(n) for n in range(15)]
+    await bus.publish(events[0])
+    await eventually(lambda: asyncio.sleep(0, inbox.bursts == [1]), what="the first burst")
+    await asyncio.gather(*(bus.publish(e) for e in events[1:]))
+    await asyncio.sleep(0.3)
+    gate.set()
+
+    parked = await eventually(lambda: _dlq_messages(amqp_url, bus, "poison"), what="the DLQ")
+    assert [Envelope.model_validate_json(m.body).id for m in parked] == [events[7].id]
+    assert parked[0].headers[RETRIES_HEADER] == 2
+    assert parked[0].headers[ERROR_HEADER] == "RuntimeError"
+    await eventually(lambda: _effects_are(demo_pool, 14), what="14 effects")
+    await asyncio.sleep(0.3)  # room for a wrong extra effect or delivery
+    assert await effect_counts(demo_pool) == (14, 14)  # every other event once, nothing of event 7
+    assert await demo_pool.fetchval("SELECT count(*) FROM effects WHERE n = 7") == 0
+    assert calls[7] == 3  # its first delivery and 2 retries, each alone in the end
+    assert max(inbox.bursts) > 1
+    assert await _queue_is_settled(amqp_url, bus, "poison") == 0
+
+
+async def test_close_lets_a_burst_in_flight_finish_and_acks_it(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, amqp_url: str
+) -> None:
+    gate = asyncio.Event()
+    inbox = _RecordingInbox(demo_pool, "demo", _gated(gate))
+    bus = make_bus()
+    bus.subscribe("drain-bursts", [TYPE], inbox)
+    await bus.start()
+    await bus.publish(thing(0))
+    await eventually(lambda: asyncio.sleep(0, inbox.bursts == [1]), what="the burst")
+    await asyncio.gather(*(bus.publish(thing(n)) for n in range(1, 6)))
+    await asyncio.sleep(0.3)  # delivered, waiting behind the burst in hand
+
+    closing = asyncio.create_task(bus.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # waiting for the burst
+    gate.set()
+    await asyncio.wait_for(closing, 15)
+    assert await effect_counts(demo_pool) == (6, 6)  # the burst and what was already delivered
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(bus.queue_name("drain-bursts"), passive=True)
+        assert queue.declaration_result.message_count == 0
+    finally:
+        await connection.close()
+
+
+async def test_a_burst_and_a_per_message_group_share_a_connection_without_crossing_acks(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, amqp_url: str
+) -> None:
+    # Two subscriptions of one Bus: a multiple ack of one group's burst must not settle the
+    # other group's deliveries (each subscription has its own channel).
+    gate = asyncio.Event()
+    inbox = _RecordingInbox(demo_pool, "demo", _gated(gate))
+    slow_seen: list[int] = []
+    release_slow = asyncio.Event()
+
+    async def slow(envelope: Envelope) -> None:
+        await release_slow.wait()
+        slow_seen.append(envelope.data["n"])
+
+    bus = make_bus(close_timeout=0.5)  # the slow group never finishes: close gives up on it
+    bus.subscribe("fast", [TYPE], inbox)
+    bus.subscribe("slow", [TYPE], slow)
+    await bus.start()
+    await asyncio.gather(*(bus.publish(thing(n)) for n in range(10)))
+    gate.set()
+    await eventually(lambda: _effects_are(demo_pool, 10), what="the burst group's effects")
+
+    # The slow group's messages are still unacked; had they been acked by the other group's
+    # multiple ack, a close would lose them instead of returning them.
+    await bus.close()
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(bus.queue_name("slow"), passive=True)
+        returned = queue.declaration_result.message_count
+    finally:
+        await connection.close()
+    release_slow.set()
+    assert returned + len(slow_seen) == 10
+
+
+async def test_a_burst_consumer_resumes_after_losing_the_broker_with_one_effect_per_event(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, amqp_url: str
+) -> None:
+    # After the reconnection the channel is a new one (delivery tags start again at 1):
+    # bursts must still be settled right, and redeliveries must have no second effect.
+    inbox = _RecordingInbox(demo_pool, "demo", record_effect)
+    proxy = TcpProxy("127.0.0.1", 5672)
+    await proxy.start()
+    consumer = make_bus(proxy.url_for(amqp_url))
+    publisher = make_bus()
+    try:
+        consumer.subscribe("resilient-bursts", [TYPE], inbox)
+        await consumer.start()
+        await publisher.connect()
+        await asyncio.gather(*(publisher.publish(thing(n)) for n in range(20)))
+        await eventually(lambda: _effects_are(demo_pool, 20), what="effects before the outage")
+
+        await proxy.stop()
+        await eventually(lambda: _ping_fails(consumer), what="the bus to notice")
+        await asyncio.gather(*(publisher.publish(thing(n)) for n in range(20, 40)))  # wait in the queue
+        await proxy.start()
+        await eventually(lambda: _ping_ok(consumer), what="the reconnection")
+        await asyncio.gather(*(publisher.publish(thing(n)) for n in range(40, 60)))
+        await eventually(lambda: _effects_are(demo_pool, 60), timeout=30, what="effects after the outage")
+        await asyncio.sleep(0.3)
+        assert await effect_counts(demo_pool) == (60, 60)
+        assert await _queue_is_settled(amqp_url, consumer, "resilient-bursts") == 0
+    finally:
+        await consumer.close()
+        await proxy.stop()

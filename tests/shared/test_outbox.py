@@ -261,3 +261,97 @@ async def test_the_relay_publishes_the_stored_envelope_persistently_in_commit_or
 
 async def _next(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
     return await eventually(lambda: queue.get(fail=False), what="the next relayed message")
+
+
+# ---- waking the relay: NOTIFY only while a relay sleeps (the sleep lock) ----------------------
+
+
+async def _relay_sleeps(pool: asyncpg.Pool) -> bool:
+    """Whether some relay holds the demo schema's sleep lock (it sleeps; writers notify)."""
+    return await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+        " AND granted AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('msp-outbox:demo', 0))"
+    )
+
+
+async def _published(pool: asyncpg.Pool, envelope: Envelope) -> bool:
+    return await pool.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1", envelope.id)
+
+
+async def test_a_sleeping_relay_is_woken_by_the_commit_not_the_poll(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", poll_interval=60)
+    relays.append(relay)
+    await relay.start()
+    await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep")
+
+    async with demo_pool.acquire() as conn, conn.transaction():
+        envelope = await outbox.add(conn, ThingHappened(n=1))
+    await eventually(lambda: _published(demo_pool, envelope), timeout=10, what="the row published")
+    assert relay.notifications >= 1
+    await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep again")
+
+
+async def test_a_row_written_while_the_relay_was_awake_is_published_when_its_transaction_commits(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    # No relay sleeps when the writer adds its row, so it does not notify. The relay must not
+    # go to sleep past it: it waits for the writer's transaction before its last look.
+    publisher = make_bus()
+    await publisher.connect()
+    async with demo_pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        envelope = await outbox.add(conn, ThingHappened(n=1))
+        relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", poll_interval=60)
+        relays.append(relay)
+        await relay.start()
+        await asyncio.sleep(0.5)  # the relay has looked, found nothing committed, tried to sleep
+        assert not await _relay_sleeps(demo_pool)  # it cannot: our transaction holds the lock shared
+        await transaction.commit()
+    await eventually(lambda: _published(demo_pool, envelope), timeout=10, what="the row published")
+    assert relay.notifications == 0  # no NOTIFY was involved
+    await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep")
+
+
+async def test_two_sleeping_relays_are_woken_by_a_commit(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    # One of them holds the sleep lock, the other sleeps without it: both must still wake.
+    for _ in range(2):
+        publisher = make_bus()
+        await publisher.connect()
+        relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", poll_interval=60)
+        relays.append(relay)
+        await relay.start()
+    await eventually(lambda: _relay_sleeps(demo_pool), what="a relay to sleep")
+    await asyncio.sleep(0.3)  # the other one settles too
+
+    for n in range(3):
+        async with demo_pool.acquire() as conn, conn.transaction():
+            envelope = await outbox.add(conn, ThingHappened(n=n))
+        await eventually(lambda: _published(demo_pool, envelope), timeout=10, what=f"row {n} published")
+    assert sum(r.published for r in relays) == 3
+
+
+async def test_a_busy_relay_spares_the_writers_their_notifications(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    # While the relay works through a backlog it holds no sleep lock: rows written then do
+    # not notify (writers that would have serialised on NOTIFY), yet all get published.
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", batch_size=5, poll_interval=60)
+    relays.append(relay)
+    await relay.start()
+    await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep")
+    await asyncio.gather(*(_write(demo_pool, *range(i, 400, 4)) for i in range(4)))
+    await eventually(
+        lambda: demo_pool.fetchval("SELECT count(*) = 400 FROM outbox WHERE published_at IS NOT NULL"),
+        timeout=30, what="400 rows published",
+    )
+    assert relay.published == 400
+    assert relay.notifications < 200  # typically a handful: only while it slept

@@ -18,6 +18,16 @@ only at its head: mixing delays in one queue would hold short ones behind long o
 delivery limit and dead-letter target, for messages that never reach our code's verdict
 (a consumer that dies mid-handler again and again).
 
+Batches. A handler with a `handle_batch` method (the idempotent inbox, inbox.py) gets the
+deliveries of a burst together: whatever arrived while the previous burst was being handled
+(at most `prefetch`; under load it waits `burst_linger` for more, a lone event never waits). It returns one verdict per event; a failed event takes the retry/DLQ
+path above on its own, the others are done. The burst is then settled with ONE ack
+(`multiple=True`, "every delivery up to this one"), which is only right because each
+subscription consumes on a channel of its own and its bursts are handled one after the
+other, in delivery order: every earlier delivery of the channel is already settled. When
+that cannot be shown (a message requeued, a channel restored in between), each message is
+settled on its own. Other handlers are called once per message, concurrently.
+
 `per_replica=True` gives every replica its own exclusive, auto-delete queue, so every
 replica sees every event (the gateway evicting cached sessions). Such a queue has no retry
 queue: a failing handler is retried in process, then the message is parked in the group's
@@ -43,6 +53,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiohttp import web
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from . import telemetry
@@ -53,6 +64,12 @@ from .web import BUS, READY_CHECKS, SETTINGS
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope], Awaitable[None]]
+# handle_batch(envelopes, around) -> one verdict per envelope: None (done) or the exception
+# its effect raised. `around(envelope)` must wrap that event's work (its CONSUMER span).
+BatchHandler = Callable[
+    [Sequence[Envelope], Callable[[Envelope], contextlib.AbstractContextManager]],
+    Awaitable[Sequence[BaseException | None]],
+]
 
 RETRIES_HEADER = "msp-retries"  # retries already made of this message (absent on the first delivery)
 ERROR_HEADER = "msp-error"  # on parked messages: the exception type that parked it (never its text)
@@ -72,6 +89,13 @@ class _Subscription:
     queue: AbstractQueue | None = None
     consumer_tag: str | None = None
     retry_queues: list[str] = field(default_factory=list)
+    batch: BatchHandler | None = None  # the handler's handle_batch, when it has one
+    # Batched consumption: deliveries waiting for the worker, which handles them in bursts.
+    pending: list[AbstractIncomingMessage] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task | None = None
+    # (channel, delivery tag) of the last message settled, to know when a multiple ack is safe.
+    settled: tuple[Any, int] | None = None
 
 
 class Bus:
@@ -94,6 +118,7 @@ class Bus:
         close_timeout: float = 10.0,
         publish_timeout: float = 10.0,
         queue_type: str = "quorum",
+        burst_linger: float = 0.001,
     ) -> None:
         if queue_type not in ("quorum", "classic"):
             raise ValueError("queue_type is quorum or classic")
@@ -109,13 +134,16 @@ class Bus:
         self.close_timeout = close_timeout
         self.publish_timeout = publish_timeout
         self.queue_type = queue_type
+        self.burst_linger = burst_linger
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._consume_channel: AbstractChannel | None = None
+        self._consume_channels: list[AbstractChannel] = []
         self._subscriptions: list[_Subscription] = []
         self._started = False
         self._closing = False
+        self.bursts = 0  # bursts handled by batch handlers, and the deliveries in them (metrics)
+        self.burst_deliveries = 0
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -175,14 +203,17 @@ class Bus:
         self, group: str, types: Sequence[str], handler: Handler, *, per_replica: bool = False
     ) -> None:
         """Register `handler` for the event types (routing keys; topic patterns allowed).
-        Call before start(). The handler raises to have the message retried."""
+        Call before start(). The handler raises to have the message retried. A handler with a
+        `handle_batch` method gets bursts of deliveries through it (module docstring), except
+        on a per-replica queue."""
         if self._started:
             raise RuntimeError("subscribe() before start()")
         if isinstance(types, str):
             types = [types]
         if not types:
             raise ValueError("subscribe to at least one event type")
-        self._subscriptions.append(_Subscription(group, tuple(types), handler, per_replica))
+        batch = None if per_replica else getattr(handler, "handle_batch", None)
+        self._subscriptions.append(_Subscription(group, tuple(types), handler, per_replica, batch=batch))
 
     async def start(self) -> None:
         """Declare every subscription's queues and bindings, then consume."""
@@ -193,12 +224,14 @@ class Bus:
         if not self._subscriptions:
             return
         assert self._connection is not None
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self.prefetch)
-        # Declared on this channel too, so a restored channel re-creates it before the bindings.
-        exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
-        self._consume_channel = channel
         for sub in self._subscriptions:
+            # A channel per subscription: a multiple ack settles deliveries of one channel,
+            # and must only cover this subscription's (module docstring).
+            channel = await self._connection.channel(publisher_confirms=False)
+            self._consume_channels.append(channel)
+            await channel.set_qos(prefetch_count=self.prefetch)
+            # Declared on this channel too, so a restored channel re-creates it before the bindings.
+            exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
             await channel.declare_queue(
                 self.dlq_name(sub.group), durable=True, arguments={"x-queue-type": self.queue_type}
             )
@@ -231,7 +264,11 @@ class Bus:
             for type_ in sub.types:
                 await queue.bind(exchange, routing_key=type_)
             sub.queue = queue
-            sub.consumer_tag = await queue.consume(self._consumer(sub))
+            if sub.batch is not None:
+                sub.worker = asyncio.create_task(self._batch_worker(sub), name=f"bus-batches-{sub.group}")
+                sub.consumer_tag = await queue.consume(self._batched_consumer(sub))
+            else:
+                sub.consumer_tag = await queue.consume(self._consumer(sub))
 
     async def close(self) -> None:
         """Stop taking messages, let in-flight handlers finish (bounded by close_timeout),
@@ -249,8 +286,13 @@ class Bus:
             await asyncio.wait_for(self._idle.wait(), timeout=self.close_timeout)
         except TimeoutError:
             log.warning("bus closing with handlers still running", extra={"inflight": self._inflight})
+        workers = [sub.worker for sub in self._subscriptions if sub.worker is not None]
+        for worker in workers:
+            worker.cancel()  # idle by now, or given up on: its messages go back to the queue
+        await asyncio.gather(*workers, return_exceptions=True)
         connection, self._connection = self._connection, None
-        self._exchange = self._publish_channel = self._consume_channel = None
+        self._exchange = self._publish_channel = None
+        self._consume_channels = []
         await connection.close()
 
     async def ping(self) -> None:
@@ -272,9 +314,17 @@ class Bus:
         queue still pushes back), and only the broker's confirm is awaited."""
         if self._publish_channel is None or self._exchange is None:
             raise BusNotConnected("connect() first")
-        with telemetry.producer_span(envelope, exchange=self.exchange_name):
+        if _spans_recorded():
+            span = telemetry.producer_span(envelope, exchange=self.exchange_name)
             headers: dict[str, Any] = {}
-            telemetry.inject_amqp(headers)
+        else:
+            # No PRODUCER span would be kept: pass the stored trace context on as it is,
+            # which is what a span that records nothing would inject.
+            span = contextlib.nullcontext()
+            headers = {k: v for k, v in envelope.trace.items() if k in _TRACE_KEYS}
+        with span:
+            if not headers:
+                telemetry.inject_amqp(headers)
             properties = aiormq.spec.Basic.Properties(
                 headers=headers,
                 content_type="application/json",
@@ -358,22 +408,143 @@ class Bus:
             try:
                 await self._call(sub, envelope, message)
             except Exception as exc:
-                if retries < self.max_retries:
-                    log.warning(
-                        "event handler failed, will retry",
-                        extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
-                               "retry": retries + 1, "error": type(exc).__name__},
-                    )
-                    await self._publish_to_queue(
-                        self.retry_queue_name(sub.group, retries), message, {RETRIES_HEADER: retries + 1}
-                    )
+                await self._after_failure(sub, message, envelope, exc)
+
+    async def _after_failure(
+        self, sub: _Subscription, message: AbstractIncomingMessage, envelope: Envelope, exc: BaseException
+    ) -> None:
+        """The handler failed on this message: re-publish it (confirmed) to the retry queue
+        of its next attempt, or park it once its retries are used up. Raises if that publish
+        fails: the message must then be requeued, not acked."""
+        retries = _retries(message)
+        if retries < self.max_retries:
+            log.warning(
+                "event handler failed, will retry",
+                extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
+                       "retry": retries + 1, "error": type(exc).__name__},
+            )
+            await self._publish_to_queue(
+                self.retry_queue_name(sub.group, retries), message, {RETRIES_HEADER: retries + 1}
+            )
+        else:
+            log.error(
+                "event handler failed, parked in the DLQ",
+                extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
+                       "retries": retries, "error": type(exc).__name__},
+            )
+            await self._park(sub, message, retries, type(exc).__name__)
+
+    # ---- batched consuming ----------------------------------------------------------------
+
+    def _batched_consumer(self, sub: _Subscription) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            if self._closing:
+                # Delivered while we shut down: hand it back for another replica.
+                with contextlib.suppress(Exception):  # a closed channel requeues it anyway
+                    await message.reject(requeue=True)
+                return
+            # Deliveries are appended in delivery order (aio-pika starts their callbacks in
+            # that order); the worker takes them all at once.
+            self._inflight += 1
+            self._idle.clear()
+            sub.pending.append(message)
+            sub.wake.set()
+
+        return on_message
+
+    async def _batch_worker(self, sub: _Subscription) -> None:
+        """One burst at a time, so a burst's multiple ack never covers a delivery still in hand."""
+        last = 1
+        while True:
+            await sub.wake.wait()
+            sub.wake.clear()
+            while sub.pending:
+                if last > 1 and len(sub.pending) < self.prefetch // 2:
+                    # Under load (the last burst was not a lone event), more deliveries are on
+                    # their way: a moment's wait makes a bigger burst, for fewer transactions
+                    # and acks. A lone event (light load) is handled at once.
+                    await asyncio.sleep(self.burst_linger)
+                messages, sub.pending = sub.pending, []
+                last = len(messages)
+                self.bursts += 1
+                self.burst_deliveries += len(messages)
+                try:
+                    await self._process_batch(sub, messages)
+                except Exception as exc:
+                    # Typically the connection dropped before the ack got out: the broker
+                    # redelivers (and the inbox makes the repeat harmless).
+                    log.warning("messages not settled; the broker will redeliver them",
+                                extra={"group": sub.group, "error": type(exc).__name__, "messages": len(messages)})
+                finally:
+                    self._inflight -= len(messages)
+                    if self._inflight == 0:
+                        self._idle.set()
+
+    async def _process_batch(self, sub: _Subscription, messages: list[AbstractIncomingMessage]) -> None:
+        assert sub.batch is not None
+        requeue: set[int] = set()  # indexes of messages whose retry/park publish failed
+        envelopes: list[Envelope] = []
+        owner: dict[int, int] = {}  # id(envelope) -> index of its message
+        for i, message in enumerate(messages):
+            try:
+                envelope = Envelope.model_validate_json(message.body)
+            except ValidationError:
+                log.error("unreadable event parked", extra={"group": sub.group, "message_id": message.message_id})
+                try:
+                    await self._park(sub, message, _retries(message), "InvalidEnvelope")
+                except Exception:
+                    requeue.add(i)
+                continue
+            owner[id(envelope)] = i
+            envelopes.append(envelope)
+
+        if envelopes:
+            def around(envelope: Envelope) -> contextlib.AbstractContextManager:
+                message = messages[owner[id(envelope)]]
+                return _consumer_context(envelope, message.headers, sub.group)
+
+            try:
+                verdicts = list(await sub.batch(envelopes, around))
+                if len(verdicts) != len(envelopes):
+                    raise RuntimeError("handle_batch must return one verdict per envelope")
+            except Exception as exc:  # the batch handler itself broke: every event failed
+                verdicts = [exc] * len(envelopes)
+            for envelope, verdict in zip(envelopes, verdicts):
+                if verdict is not None:
+                    i = owner[id(envelope)]
+                    try:
+                        await self._after_failure(sub, messages[i], envelope, verdict)
+                    except Exception:
+                        requeue.add(i)
+        await self._settle(sub, messages, requeue)
+
+    async def _settle(self, sub: _Subscription, messages: list[AbstractIncomingMessage], requeue: set[int]) -> None:
+        """Ack the burst (one multiple ack when that is provably right), requeue the rest."""
+        if not requeue and self._contiguous(sub, messages):
+            await messages[-1].ack(multiple=True)
+        else:
+            for i, message in enumerate(messages):
+                if i in requeue:
+                    await message.reject(requeue=True)
                 else:
-                    log.error(
-                        "event handler failed, parked in the DLQ",
-                        extra={"group": sub.group, "event_type": envelope.type, "event_id": str(envelope.id),
-                               "retries": retries, "error": type(exc).__name__},
-                    )
-                    await self._park(sub, message, retries, type(exc).__name__)
+                    await message.ack()
+        last = messages[-1]
+        sub.settled = (last.channel, last.delivery_tag)
+
+    @staticmethod
+    def _contiguous(sub: _Subscription, messages: list[AbstractIncomingMessage]) -> bool:
+        """Whether the burst's delivery tags follow the last settled one without a gap, on
+        one channel: then "every delivery up to the last" is exactly this burst."""
+        channel = messages[0].channel  # raises if the channel is closed: nothing can be settled
+        if sub.settled is not None and sub.settled[0] is channel:
+            expected = sub.settled[1] + 1
+        else:
+            expected = 1  # a channel's delivery tags start at 1
+        for message in messages:
+            if message.channel is not channel or message.delivery_tag != expected:
+                return False
+            expected += 1
+        return True
 
     async def _handle_in_process(self, sub: _Subscription, message: AbstractIncomingMessage, envelope: Envelope) -> None:
         retries = 0
@@ -401,11 +572,38 @@ class Bus:
         )
 
     async def _call(self, sub: _Subscription, envelope: Envelope, message: AbstractIncomingMessage) -> None:
-        with telemetry.consumer_span(envelope, message.headers, group=sub.group):
+        with _consumer_context(envelope, message.headers, sub.group):
             await sub.handler(envelope)
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+_TRACE_KEYS = ("traceparent", "tracestate")  # W3C trace context only (telemetry.py)
+
+
+def _spans_recorded() -> bool:
+    """Whether an event span made now would be kept: a tracer provider is installed and
+    something exports (telemetry.spans_wanted). Otherwise the bus only passes the trace
+    context on, which is all a span that records nothing does, without the span's cost."""
+    return telemetry.spans_wanted() and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def _consumer_context(
+    envelope: Envelope, headers: dict[str, Any] | None, group: str
+) -> contextlib.AbstractContextManager:
+    """Around a handler: its CONSUMER span; or, when no span would be kept, its parent context
+    made current as it is (the same parent: the AMQP headers', else Envelope.trace), so the
+    events the handler writes still continue the trace."""
+    if _spans_recorded():
+        return telemetry.consumer_span(envelope, headers, group=group)
+    if headers and "traceparent" in headers:
+        parent = telemetry.extract_amqp(headers)
+        if trace.get_current_span(parent).get_span_context().is_valid:
+            return telemetry.attached(parent)
+    if envelope.trace:
+        return telemetry.attached(telemetry.extract_http(envelope.trace))
+    return contextlib.nullcontext()
+
 
 def _retries(message: AbstractIncomingMessage) -> int:
     value = (message.headers or {}).get(RETRIES_HEADER, 0)
