@@ -1,5 +1,6 @@
 """Encrypted attachment storage against both backends: local disk, and S3 through
 aiobotocore against moto's S3-compatible server on a local port."""
+import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -60,7 +61,7 @@ async def store(request, tmp_path: Path):  # noqa: ANN001
 async def test_round_trip_is_byte_identical(store, size: int) -> None:  # noqa: ANN001
     name, data = ("scan.pdf", b"%PDF-" + os.urandom(size - 5)) if size >= 5 else ("note.txt", b"x" * size)
     att = await store_encrypted(store, KEYS, f"f{size}", name, _stream(data), AttachmentBudget())
-    assert att.size == len(data)
+    assert att.size == len(data) and att.sha256 == hashlib.sha256(data).hexdigest()
     assert await _read(store, att) == data
 
 
@@ -133,7 +134,17 @@ async def test_failed_stream_leaves_no_file_in_direct_mode(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-# No digest of the plaintext is kept: the sealed stream alone must catch every rearrangement.
+async def test_a_recorded_sha256_that_does_not_match_is_refused_on_a_full_read(tmp_path: Path) -> None:
+    store = DiskBlobStore(tmp_path)
+    data = b"%PDF-" + os.urandom(2 * CHUNK_SIZE)
+    att = await store_encrypted(store, KEYS, "h1", "x.pdf", _stream(data), AttachmentBudget())
+    wrong = StoredAttachment(att.file_id, att.size, hashlib.sha256(b"something else").hexdigest(), att.wrapped_key)
+    with pytest.raises(TamperedError):
+        await _read(store, wrong)
+    assert await _read(store, wrong, 0, 100) == data[:100]  # a range read is checked chunk by chunk only
+
+
+# The sealed stream itself catches rearrangements, before the recorded SHA-256 is compared.
 SEALED = CHUNK_SIZE + 28
 
 
@@ -156,7 +167,7 @@ async def test_truncation_to_whole_chunks_with_a_matching_recorded_size_is_detec
     att = await store_encrypted(store, KEYS, "c1", "x.pdf", _stream(data), AttachmentBudget())
     (tmp_path / "c1").write_bytes((tmp_path / "c1").read_bytes()[:SEALED])
     with pytest.raises(TamperedError):
-        await _read(store, StoredAttachment(att.file_id, CHUNK_SIZE, att.wrapped_key))
+        await _read(store, StoredAttachment(att.file_id, CHUNK_SIZE, att.sha256, att.wrapped_key))
 
 
 async def test_another_attachments_sealed_file_put_in_its_place_is_detected(tmp_path: Path) -> None:
@@ -187,7 +198,7 @@ async def test_whole_chunks_across_several_seal_batches(tmp_path: Path, piece: i
     store = DiskBlobStore(tmp_path)
     data = b"%PDF-" + os.urandom(3 * SEAL_BATCH - 5)
     att = await store_encrypted(store, KEYS, "w1", "x.pdf", _stream(data, piece), AttachmentBudget())
-    assert att.size == len(data)
+    assert att.size == len(data) and att.sha256 == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "w1").stat().st_size == sealed_size(len(data))
     assert await _read(store, att) == data
     assert await _read(store, att, len(data) - CHUNK_SIZE - 1) == data[-CHUNK_SIZE - 1 :]

@@ -49,7 +49,7 @@ async def test_expired_message_is_gone_for_everyone_with_its_files_and_keys(stac
     # The copied ciphertext is useless: the only wrapped data key was destroyed with the row,
     # and without it nothing decrypts (shown with the key we saved before: it still worked).
     keys = MasterKeys.parse(stack.settings.attachment_master_keys.get_secret_value())
-    saved = StoredAttachment(att["id"], row["size"], row["wrapped_key"])
+    saved = StoredAttachment(att["id"], row["size"], row["sha256"], row["wrapped_key"])
     assert b"".join([c async for c in read_decrypted(DiskBlobStore(copy), keys, saved)]) == PDF
     assert await stack.pool.fetchval(
         "SELECT count(*) FROM attachments WHERE wrapped_key = $1", row["wrapped_key"]) == 0

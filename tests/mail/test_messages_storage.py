@@ -96,7 +96,7 @@ async def test_master_key_rotation_rewraps_without_rewriting_files(stack: Stack)
 
     row = await stack.pool.fetchrow("SELECT * FROM attachments WHERE id = $1", uuid.UUID(att_id))
     only_new = MasterKeys({"k2": rotated.keys["k2"]}, "k2")
-    stored = StoredAttachment(att_id, row["size"], row["wrapped_key"])
+    stored = StoredAttachment(att_id, row["size"], row["sha256"], row["wrapped_key"])
     plain = b"".join([c async for c in read_decrypted(DiskBlobStore(stack.settings.attachment_dir), only_new, stored)])
     assert plain == PDF
 

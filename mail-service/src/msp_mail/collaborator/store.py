@@ -95,10 +95,11 @@ async def add_post(conn: asyncpg.Connection, *, post_id: uuid.UUID, case_id: uui
         post_id, case_id, uuid.UUID(author_id), author_name, body, shared_with_patient, now,
     )
     await conn.executemany(
-        "INSERT INTO case_files (id, case_id, post_id, position, filename, content_type, size, wrapped_key, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO case_files (id, case_id, post_id, position, filename, content_type, size, sha256, wrapped_key, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         [
-            (uuid.UUID(f.id), case_id, post_id, i, f.filename, f.content_type, f.stored.size, f.stored.wrapped_key, now)
+            (uuid.UUID(f.id), case_id, post_id, i, f.filename, f.content_type, f.stored.size, f.stored.sha256,
+             f.stored.wrapped_key, now)
             for i, f in enumerate(files)
         ],
     )

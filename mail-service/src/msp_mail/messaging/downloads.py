@@ -37,10 +37,10 @@ def unsatisfiable(size: int) -> web.Response:
 
 
 async def serve(request: web.Request, row, blobs, keys: MasterKeys, byte_range: tuple[int, int] | None) -> web.StreamResponse:  # noqa: ANN001
-    """`row` has id, filename, content_type, size, wrapped_key."""
+    """`row` has id, filename, content_type, size, sha256, wrapped_key."""
     size = row["size"]
     start, end = byte_range or (0, size)
-    stored = StoredAttachment(str(row["id"]), size, row["wrapped_key"])
+    stored = StoredAttachment(str(row["id"]), size, row["sha256"], row["wrapped_key"])
     chunks = read_decrypted(blobs, keys, stored, start, end)
     try:
         first = await anext(chunks, b"")

@@ -81,10 +81,10 @@ async def insert_message(
         [(message_id, _uuid(uid), email, created_at) for uid, email in recipients],
     )
     await conn.executemany(
-        "INSERT INTO attachments (id, message_id, position, filename, content_type, size, wrapped_key, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO attachments (id, message_id, position, filename, content_type, size, sha256, wrapped_key, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         [
-            (_uuid(f.id), message_id, i, f.filename, f.content_type, f.stored.size, f.stored.wrapped_key, created_at)
+            (_uuid(f.id), message_id, i, f.filename, f.content_type, f.stored.size, f.stored.sha256, f.stored.wrapped_key, created_at)
             for i, f in enumerate(files)
         ],
     )
