@@ -2,6 +2,7 @@
 unreachable services."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import random
@@ -230,3 +231,94 @@ async def test_an_answer_that_breaks_off_is_not_passed_on_as_complete(browser):
             raise AssertionError("a truncated body was delivered as complete")
     status, _, _ = await browser.get_json("/api/v1/me")  # the gateway is fine
     assert status == 200
+
+
+async def test_a_service_that_does_not_answer_gets_the_uniform_error_in_time(base_env, clock, make_gateway, browsers):
+    """A hung service: no answer at all, an answer whose (small) body never completes, or a
+    sign-in that never comes back, each give a 502 within the read timeout; a streamed answer
+    that falls silent mid-way has its connection cut (its headers are already out)."""
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({})
+
+    async def stall_small_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b'{"partial": ')
+        await release.wait()
+        return response
+
+    async def stall_stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})  # chunked
+        await response.prepare(request)
+        await response.write(b"x" * 1000)
+        await release.wait()
+        return response
+
+    app = upstream_app(ServiceSettings(**base_env), clock)
+    app.router.add_get("/billing/hang", hang)
+    app.router.add_get("/billing/stall", stall_small_body)
+    app.router.add_get("/billing/stream", stall_stream)
+    app.router.add_post("/registrations/verify", hang)  # a sign-in route of auth-service
+    other = await serve(app)
+    try:
+        gateway = await make_gateway(billing_url=other.url, auth_url=other.url, upstream_read_timeout_seconds=0.5)
+        browser = browsers(gateway.url)
+        for method, path in (("GET", "/api/v1/billing/hang"), ("GET", "/api/v1/billing/stall"),
+                             ("POST", "/api/v1/registrations/verify")):
+            started = time.monotonic()
+            answer = browser.send(method, path, **({"json": {}} if method == "POST" else {}))
+            status, error, resp = await asyncio.wait_for(answer, timeout=10)  # a failure, not a hung test
+            assert time.monotonic() - started < 5, path  # 0.5 s and some slack, not forever
+            assert status == 502 and error["error"] == "service_unavailable", (path, status, error)
+            assert set(error) == {"error", "message", "details"}
+            assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
+        started = time.monotonic()
+        async with browser.http.get(browser.url("/api/v1/billing/stream")) as resp:
+            assert resp.status == 200
+            try:
+                await asyncio.wait_for(resp.read(), timeout=10)
+            except aiohttp.ClientPayloadError:
+                pass
+            else:
+                raise AssertionError("a stalled stream was delivered as complete")
+        assert time.monotonic() - started < 5
+        assert (await browser.login()).status == 200  # the gateway is fine
+    finally:
+        release.set()
+        await other.server.close()
+
+
+async def test_requests_without_a_route_get_the_uniform_error_and_headers(gateway):
+    """No middleware: the catch-all routes answer what the router does not, in the API's shape."""
+    async with aiohttp.ClientSession() as http:
+        for method, path in (("POST", "/"), ("PUT", "/login"), ("DELETE", "/healthz"), ("POST", "/assets/app.js")):
+            async with http.request(method, gateway.url + path) as resp:
+                assert resp.status == 405, (method, path)
+                body = await resp.json()
+                assert body["error"] == "method_not_allowed" and set(body) == {"error", "message", "details"}
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        for path in ("/assets/../index.html", "/assets/%2e%2e/app.js", "/assets/nothing/app.js", "/assets/"):
+            async with http.get(URL(gateway.url + path, encoded=True)) as resp:
+                assert resp.status == 404 or (resp.status == 200 and "text/html" in resp.headers["Content-Type"]), path
+                assert resp.headers["X-Frame-Options"] == "DENY"
+        async with http.get(gateway.url + "/assets/missing.js") as resp:
+            assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+        async with http.head(gateway.url + "/assets/app.js") as resp:
+            assert resp.status == 200 and resp.headers["Content-Security-Policy"]
+
+
+async def test_other_api_paths_still_take_the_session_step(browser, clock):
+    """/api/ outside /api/v1/: a dead cookie is reported (and cleared) before the 404."""
+    assert (await browser.login()).status == 200
+    clock.advance(hours=13)  # past the absolute lifetime
+    status, error, resp = await browser.get_json("/api/nothing")
+    assert status == 401 and error["error"] == "session_expired"
+    assert resp.headers["Cache-Control"] == "no-store"
+    status, error, _ = await browser.get_json("/api/nothing")  # the cookie was cleared
+    assert status == 404 and error["error"] == "not_found"
+    status, error, _ = await browser.send("PUT", "/api/nothing", json={})
+    assert status == 405 and error["error"] == "method_not_allowed"

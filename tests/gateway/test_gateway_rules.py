@@ -102,3 +102,83 @@ def test_sensitive_routes_include_their_sub_paths():
         assert rule_for(all_rules, method, path).name == name, path
     for method, path in (("GET", "/session"), ("GET", "/me"), ("POST", "/sessions"), ("POST", "/messages")):
         assert rule_for(all_rules, method, path) is None, path
+
+
+def test_the_session_cookie_is_read_as_aiohttp_reads_cookies():
+    """The plain-header fast path gives what request.cookies gives, for any header."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from msp_gateway.http import session_cookie
+
+    headers = [
+        "msp_session=abc-DEF_123", "a=1; msp_session=tok; b=2", "msp_session=first; msp_session=second",
+        "msp_session=", "other=1", "msp_session=a;msp_session=b", 'msp_session="quoted"', "msp_session=a b",
+        "msp_session = spaced", " msp_session=lead", "msp_session=x; ", "x_msp_session=no", "msp_sessionx=no",
+        "msp_session=é", "msp_session=a,b", 'x="a;msp_session=hidden"; msp_session=real', "msp_session=a=b",
+    ]
+    for header in headers:
+        request = make_mocked_request("GET", "/api/v1/me", headers={"Cookie": header})
+        assert session_cookie(request, "msp_session") == request.cookies.get("msp_session"), header
+    assert session_cookie(make_mocked_request("GET", "/"), "msp_session") is None
+
+
+async def test_memory_store_counts_keys_in_turn():
+    store, window = MemoryStore(), timedelta(minutes=10)
+    assert await store.hit_all([("ip", 2), ("acct", 1)], window=window, now=T0) == 0
+    assert await store.hit_all([("ip", 2), ("acct", 1)], window=window, now=T0) == 600  # account spent, ip paid
+    assert await store.hit_all([("ip", 2), ("other", 1)], window=window, now=T0) == 600  # ip spent
+    assert await store.hit("other", limit=1, window=window, now=T0) == 0  # not spent by the refused request
+
+
+async def test_deadlines_end_overrunning_waits_and_only_those():
+    import asyncio
+    import time
+
+    import pytest
+
+    from msp_gateway.deadlines import Deadlines
+
+    deadlines = Deadlines(tick=0.02)
+    watchdog = asyncio.create_task(deadlines.watch())
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            with deadlines.after(0.05):
+                await asyncio.sleep(10)
+        assert 0.05 <= time.monotonic() - started < 1
+        with deadlines.after(1):  # done in time: nothing happens, the task is not left cancelled
+            await asyncio.sleep(0.01)
+        assert asyncio.current_task().cancelling() == 0
+        with deadlines.after(None):  # no limit
+            await asyncio.sleep(0.05)
+
+        async def waits_long() -> None:
+            with deadlines.after(5):
+                await asyncio.sleep(10)
+
+        other = asyncio.create_task(waits_long())  # someone else's cancel stays a cancel
+        await asyncio.sleep(0.05)
+        other.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await other
+        assert not deadlines._due and not deadlines._expired
+    finally:
+        watchdog.cancel()
+
+
+async def test_the_served_gateway_tunes_the_garbage_collector_once_started():
+    import gc
+
+    from msp_gateway.app import GC_YOUNG_THRESHOLD, _tune_gc, create_app, serving_app
+    from msp_gateway.config import GatewaySettings
+
+    assert _tune_gc in serving_app(GatewaySettings()).on_startup
+    assert _tune_gc not in create_app(GatewaySettings()).on_startup  # apps built in tests keep the defaults
+    before = gc.get_threshold()
+    try:
+        await _tune_gc(None)
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

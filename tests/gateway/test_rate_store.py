@@ -32,3 +32,44 @@ async def test_parallel_hits_from_two_replicas_allow_exactly_the_limit(database_
     finally:
         for p in pools:
             await p.close()
+
+
+async def test_one_statement_counts_the_address_then_the_account(database_url: str) -> None:
+    """hit_all: keys counted in order in one round trip; the first key at its limit refuses,
+    and neither it nor a later key is recorded (keys before it are)."""
+    await migrate(database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(database_url, SCHEMA)
+    try:
+        store = PostgresRateStore(pool)
+        now = datetime(2026, 1, 6, 9, 0, tzinfo=timezone.utc)
+        ip, acct = "login:ip:192.0.2.7", "login:acct:abc"
+
+        async def count(key: str) -> int:
+            return await pool.fetchval("SELECT count(*) FROM rate_hits WHERE key = $1", key)
+
+        assert [await store.hit_all([(ip, 3), (acct, 2)], window=WINDOW, now=now) for _ in range(2)] == [0, 0]
+        assert await store.hit_all([(ip, 3), (acct, 2)], window=WINDOW, now=now) == 900  # the account is spent
+        assert (await count(ip), await count(acct)) == (3, 2)  # the address paid for the refused attempt
+        assert await store.hit_all([(ip, 3), ("login:acct:other", 2)], window=WINDOW, now=now) == 900  # address spent
+        assert await count("login:acct:other") == 0  # a refused address does not spend the account's budget
+        assert await store.hit_all([], window=WINDOW, now=now) == 0
+    finally:
+        await pool.close()
+
+
+async def test_parallel_multi_key_hits_in_any_order_are_exact_and_never_deadlock(database_url: str) -> None:
+    await migrate(database_url, SCHEMA, MIGRATIONS)
+    pools = [await create_pool(database_url, SCHEMA, max_size=10) for _ in range(2)]
+    try:
+        stores = [PostgresRateStore(p) for p in pools]
+        now = datetime(2026, 1, 7, 9, 0, tzinfo=timezone.utc)
+        a, b = "t:ip:a", "t:acct:b"
+        orders = [[(a, 100), (b, 7)], [(b, 7), (a, 100)]]  # opposite orders: locks must still be ordered
+        waits = await asyncio.wait_for(asyncio.gather(*(
+            stores[i % 2].hit_all(orders[i % 2], window=WINDOW, now=now) for i in range(40)
+        )), timeout=30)
+        assert waits.count(0) == 7
+        assert await pools[0].fetchval("SELECT count(*) FROM rate_hits WHERE key = $1", b) == 7
+    finally:
+        for p in pools:
+            await p.close()

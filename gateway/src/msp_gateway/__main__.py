@@ -3,8 +3,8 @@ import sys
 
 from msp_shared.cli import service_main
 
-from .app import MIGRATIONS, SCHEMA, create_app
+from .app import MIGRATIONS, SCHEMA, serving_app
 from .config import GatewaySettings
 
 if __name__ == "__main__":
-    sys.exit(service_main(GatewaySettings, create_app, schema=SCHEMA, migrations=MIGRATIONS))
+    sys.exit(service_main(GatewaySettings, serving_app, schema=SCHEMA, migrations=MIGRATIONS))

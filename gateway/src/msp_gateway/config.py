@@ -28,8 +28,10 @@ class GatewaySettings(ServiceSettings):
     upstream_connect_timeout_seconds: float = Field(5.0, description="Time allowed to connect to an upstream.")
     upstream_read_timeout_seconds: float = Field(
         60.0,
-        description="Longest silence from an upstream on ordinary requests (uploads have none: "
-        "the upstream reads the whole body before it answers).",
+        description="Longest wait for an upstream's answer on ordinary requests: for it to start "
+        "(and, if small, to complete), then between two chunks of a streamed one; enforced within "
+        "a quarter of itself (at most 1 s) late. Uploads have none: the upstream reads the whole "
+        "body before it answers.",
     )
 
     # Sessions.

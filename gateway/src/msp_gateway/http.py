@@ -1,11 +1,13 @@
-"""The gateway's HTTP side: the session middleware (cookie → session, CSRF, cross-site
-checks), the session endpoints it answers itself, the generic /api/v1 forwarder with rate
-limits and body limits, security headers, and the web app's files."""
+"""The gateway's HTTP side: the session step of every /api/ route (cookie → session, CSRF,
+cross-site checks), the session endpoints it answers itself, the generic /api/v1 forwarder
+with rate limits and body limits, security headers, and the web app's files."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from msp_shared import identity, telemetry
@@ -24,6 +26,7 @@ from msp_shared.web import exception_response
 from . import csrf, openapi, proxy, ratelimit
 from .client_ip import Network, client_ip
 from .config import GatewaySettings
+from .deadlines import Deadlines
 from .routing import PREFIX, UNSAFE_METHODS, is_upload, service_for
 from .session_rules import SessionPolicy, idle_expires_at
 from .sessions import BadGrant, Session, SessionManager
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 GRANT_BODY_LIMIT = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Request keys.
 SESSION = web.RequestKey("msp.gw.session", Session | None)  # the live session, or None
@@ -56,6 +60,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 HSTS = "max-age=31536000; includeSubDomains"
+_CSP = "Content-Security-Policy"
 
 
 @dataclass
@@ -72,56 +77,111 @@ class Gateway:
     rules: tuple[ratelimit.Rule, ...]
     identity_secret: bytes
     csrf_key: bytes
+    deadlines: Deadlines
     sessions: SessionManager | None = None
     client: aiohttp.ClientSession | None = None
     rate_store: Any = None
-    timeouts: dict[str, aiohttp.ClientTimeout] = field(default_factory=dict)
+    timeout: aiohttp.ClientTimeout | None = None  # connecting to a service; reads: see _forward()
+    # The security headers set on an answer, by (an /api/ answer?, CSP still to add?): each
+    # answer takes one update() of a ready dict.
+    answer_headers: dict[tuple[bool, bool], dict[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        fixed = {k: v for k, v in SECURITY_HEADERS.items() if k != _CSP}
+        if self.secure:
+            fixed["Strict-Transport-Security"] = HSTS
+        api = {**fixed, "Cache-Control": "no-store"}
+        csp = {_CSP: SECURITY_HEADERS[_CSP]}
+        self.answer_headers = {(True, False): api, (True, True): {**csp, **api},
+                               (False, False): fixed, (False, True): {**csp, **fixed}}
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-# ---- middleware and response headers -----------------------------------------------------
+# ---- dispatch, the session step and response headers -----------------------------------
+#
+# No aiohttp middleware: each one is a layer per request (and any middleware also brings
+# aiohttp's own current-app layer), which the proxy hop is too cheap to carry. Instead:
+# - every /api/ route is wrapped by `_api_route` (tracing when wanted, the session step,
+#   errors in the API's shape), every page route by `_page_route` (errors in that shape);
+# - catch-all routes for any path and method, so the router never answers on its own;
+# - security headers are added by the app's on_response_prepare hook, which runs for every
+#   answer the app prepares: API, pages, files, health probes, errors and redirects alike.
 
 def _anonymous_ok(upstream_path: str) -> bool:
     return any(upstream_path == p or upstream_path.startswith(p + "/") for p in _ANONYMOUS_OK)
 
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
-    """The gateway's one middleware: tracing, errors in the API's shape, the session step
-    and the security headers, folded into one layer (each aiohttp layer costs per request).
-    A SERVER span (or an incoming trace context) goes through the shared tracing middleware."""
-    if telemetry.spans_wanted() or "traceparent" in request.headers:
-        return await telemetry.tracing_middleware(request, partial(_guarded, handler=handler))
-    return await _guarded(request, handler)
+def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The API-shaped answer to an exception; a redirect (HTTPException below 400) propagates."""
+    error = exception_response(request, exc)
+    if error is None:
+        raise exc
+    return error
 
 
-async def _guarded(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
-    try:
-        if request.path.startswith("/api/"):
+def _api_route(handler: Handler) -> Handler:
+    """An /api/ handler behind the session step, with errors in the API's shape. A SERVER span
+    (or an incoming trace context) goes through the shared tracing middleware."""
+
+    async def route(request: web.Request, traced: bool = False) -> web.StreamResponse:
+        if not traced and (telemetry.spans_wanted() or "traceparent" in request.headers):
+            return await telemetry.tracing_middleware(request, partial(route, traced=True))
+        try:
             await _session_step(request)
-        response = await handler(request)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        error = exception_response(request, exc)
-        if error is None:  # a redirect (HTTPException below 400) propagates, with its headers
-            if isinstance(exc, web.HTTPException):
-                security_headers(request, exc)
+            return await handler(request)
+        except asyncio.CancelledError:
             raise
-        response = error
-    if not response.prepared:  # a streamed answer got its headers before it was prepared
-        security_headers(request, response)
-    return response
+        except Exception as exc:
+            return _error_answer(request, exc)
+
+    return route
+
+
+def _page_route(handler: Handler) -> Handler:
+    """A handler outside /api/ (the web app and its files), with errors in the API's shape."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return _error_answer(request, exc)
+
+    return route
+
+
+# The session cookie: aiohttp's request.cookies parses every cookie of the header into
+# Morsels (a few µs). A header made only of plain name=value pairs (what browsers send for the
+# gateway's own cookie, a token_urlsafe value) is split directly, with the same result: the
+# last pair of that name wins, as in request.cookies. Anything else takes aiohttp's parser.
+_PLAIN_COOKIES = re.compile(r"[\w.-]+=[\w.-]*(?:; ?[\w.-]+=[\w.-]*)*", re.ASCII)
+
+
+def session_cookie(request: web.Request, name: str) -> str | None:
+    header = request.headers.get(hdrs.COOKIE)
+    if not header:
+        return None
+    if _PLAIN_COOKIES.fullmatch(header) is None:
+        return request.cookies.get(name)
+    prefix, value = name + "=", None
+    for pair in header.split(";"):
+        pair = pair.lstrip(" ")
+        if pair.startswith(prefix):
+            value = pair[len(prefix):]
+    return value
 
 
 async def _session_step(request: web.Request) -> None:
     """Cookie → session, cross-site and CSRF checks, for every /api/ request."""
     gw = request.app[GATEWAY]
     assert gw.sessions is not None
-    request[CLIENT_IP] = client_ip(request.remote, request.headers.get("X-Forwarded-For"), gw.proxies)
-    cookie = request.cookies.get(gw.settings.session_cookie_name)
+    request[CLEAR_COOKIE] = False
+    headers = request.headers
+    request[CLIENT_IP] = client_ip(request.remote, headers.get("X-Forwarded-For") if gw.proxies else None, gw.proxies)
+    cookie = session_cookie(request, gw.settings.session_cookie_name)
     session: Session | None = None
     if cookie:
         session, why = await gw.sessions.resolve(cookie, gw.clock.now())
@@ -135,37 +195,30 @@ async def _session_step(request: web.Request) -> None:
         # Allowed: the public URL's origin, configured extras, and the origin the browser
         # itself addressed (Host cannot be set by a page, so a foreign page never matches it).
         allowed = gw.allowed_origins | {f"{request.scheme}://{request.host}".lower()}
-        if csrf.cross_site(request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), allowed):
+        if csrf.cross_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), allowed):
             raise ApiError(403, "cross_site_request", "Requests from other sites are not accepted.")
         # Signing in again (as someone else) needs no token: it is guarded like every
         # signed-out request, by JSON and the origin checks, and rotates the session.
         signing_in = request.method == "POST" and request.path == f"{PREFIX}/session"
         if session is not None and not signing_in:
             assert cookie is not None
-            if not csrf.token_ok(request.headers.get(csrf.HEADER), csrf.token_for(cookie, gw.csrf_key)):
+            if not csrf.token_ok(headers.get(csrf.HEADER), csrf.token_for(cookie, gw.csrf_key)):
                 raise ApiError(403, "csrf_failed", "The request is missing its security token; reload the page.")
-        elif request.body_exists and not csrf.is_json(request.headers.get("Content-Type")):
+        elif request.body_exists and not csrf.is_json(headers.get("Content-Type")):
             raise ApiError(415, "json_required", "This request must be sent as JSON.")
 
     if cookie and session is None and not _anonymous_ok(request.path[len(PREFIX):]):
         raise ApiError(401, "session_expired", "Your session has ended. Please sign in again.")
 
 
-_CSP = "Content-Security-Policy"
-_FIXED_HEADERS = {k: v for k, v in SECURITY_HEADERS.items() if k != _CSP}
-_FIXED_HEADERS_HSTS = {**_FIXED_HEADERS, "Strict-Transport-Security": HSTS}
-
-
 def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Security and cache headers on every answer, set before it is prepared."""
     gw = request.app[GATEWAY]
     headers = response.headers
-    if _CSP not in headers:  # a service may send a stricter one (attachments)
-        headers[_CSP] = SECURITY_HEADERS[_CSP]
-    headers.update(_FIXED_HEADERS_HSTS if gw.secure else _FIXED_HEADERS)
-    if request.path.startswith("/api/"):
-        headers["Cache-Control"] = "no-store"
-    elif "Cache-Control" not in headers:
+    api = request.path.startswith("/api/")
+    # a service may send a stricter CSP (attachments): it stays
+    headers.update(gw.answer_headers[api, _CSP not in headers])
+    if not api and "Cache-Control" not in headers:
         headers["Cache-Control"] = "no-cache"
     if request.get(CLEAR_COOKIE):
         # A raw header: the response's own cookies (none when clearing) are added at prepare.
@@ -175,6 +228,10 @@ def security_headers(request: web.Request, response: web.StreamResponse) -> None
             f"{gw.settings.session_cookie_name}=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/"
             f"; HttpOnly; SameSite={gw.settings.session_cookie_samesite}{secure}",
         )
+
+
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    security_headers(request, response)
 
 
 # ---- session endpoints -----------------------------------------------------------------------
@@ -249,25 +306,27 @@ async def _sign_in(request: web.Request, gw: Gateway, status: int, data: dict[st
 # ---- rate limits and bodies --------------------------------------------------------------
 
 async def _enforce(gw: Gateway, request: web.Request, rule: ratelimit.Rule, body: bytes | None) -> None:
+    """The rule's limits per client IP, then per account, counted in one store call (one
+    database round trip): an address over its limit does not spend the account's budget."""
     now = gw.clock.now()
     window = timedelta(seconds=gw.settings.rate_limit_window_seconds)
-    wait = await gw.rate_store.hit(f"{rule.name}:ip:{request[CLIENT_IP]}", limit=rule.per_ip, window=window, now=now)
-    if not wait:
-        # The account a request is about: the email it names (login, forgot password), else
-        # the signed-in user.
-        account = None
-        if rule.account_field and body:
-            try:
-                value = json.loads(body).get(rule.account_field)
-            except (ValueError, AttributeError):
-                value = None
-            if isinstance(value, str) and value.strip():
-                account = f"acct:{ratelimit.account_key(value)}"
-        session = request[SESSION]
-        if account is None and session is not None:
-            account = f"user:{session.user_id}"
-        if account:
-            wait = await gw.rate_store.hit(f"{rule.name}:{account}", limit=rule.per_account, window=window, now=now)
+    checks = [(f"{rule.name}:ip:{request[CLIENT_IP]}", rule.per_ip)]
+    # The account a request is about: the email it names (login, forgot password), else the
+    # signed-in user.
+    account = None
+    if rule.account_field and body:
+        try:
+            value = json.loads(body).get(rule.account_field)
+        except (ValueError, AttributeError):
+            value = None
+        if isinstance(value, str) and value.strip():
+            account = f"acct:{ratelimit.account_key(value)}"
+    session = request[SESSION]
+    if account is None and session is not None:
+        account = f"user:{session.user_id}"
+    if account:
+        checks.append((f"{rule.name}:{account}", rule.per_account))
+    wait = await gw.rate_store.hit_all(checks, window=window, now=now)
     if wait:
         raise slow_down(retry_after=wait)
 
@@ -292,7 +351,8 @@ def _unavailable(status: int) -> ApiError:
     return ApiError(status, "service_unavailable", "The service is temporarily unavailable; please try again.")
 
 
-async def api(request: web.Request) -> web.StreamResponse:
+async def _forward(request: web.Request) -> web.StreamResponse:
+    """The generic /api/v1 forwarder (routed as `api`, behind the session step)."""
     gw = request.app[GATEWAY]
     assert gw.client is not None
     raw_path = request.raw_path
@@ -307,7 +367,8 @@ async def api(request: web.Request) -> web.StreamResponse:
 
     upload = is_upload(method, upstream_path)
     limit = gw.settings.upload_body_limit_bytes if upload else gw.settings.json_body_limit_bytes
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise too_large("The request body is too large.", limit=limit)
     body: bytes | None = None
     budget: proxy.BodyBudget | None = None
@@ -325,30 +386,52 @@ async def api(request: web.Request) -> web.StreamResponse:
     signed = identity.sign_payload(
         _identity_payload(gw, session, request[CLIENT_IP]), secret=gw.identity_secret, method=method, path=upstream_path
     )
-    headers = proxy.request_headers(request, signed)
-    if upload and request.content_length is not None:
-        headers["Content-Length"] = str(request.content_length)  # known size: no chunking
+    # No span or incoming trace context (see _api_route): no trace context to pass on.
+    traced = telemetry.spans_wanted() or "traceparent" in request.headers
+    headers = proxy.request_headers(request, signed, traced=traced)
+    if upload and length is not None:
+        headers["Content-Length"] = str(length)  # known size: no chunking
     url = URL(gw.upstreams[service] + raw_path[len(PREFIX):], encoded=True)
 
+    # A service that never answers: the answer must start (and a small one be complete) within
+    # the read timeout; a streamed one may then fall silent at most that long between chunks.
+    # One deadline per request (deadlines.py) instead of aiohttp's sock_read, which re-arms a
+    # timer on every read. Uploads have none: the service reads the whole body before it answers.
+    wait = None if upload else gw.settings.upstream_read_timeout_seconds
+    upstream: aiohttp.ClientResponse | None = None
+    whole: bytes | None = None
     try:
-        upstream = await gw.client.request(
-            method, url, headers=headers, data=data, allow_redirects=False,
-            timeout=gw.timeouts["upload" if upload else "default"],
-        )
+        with gw.deadlines.after(wait):
+            upstream = await gw.client.request(
+                method, url, headers=headers, data=data, allow_redirects=False, timeout=gw.timeout,
+            )
+            if proxy.read_whole(request, upstream):
+                whole = await upstream.read()
     except aiohttp.ClientConnectorError:
         log.warning("upstream unreachable", extra={"service": service})
         raise _unavailable(503)
     except (aiohttp.ClientError, asyncio.TimeoutError, proxy.BodyTooLarge) as exc:
+        if upstream is not None:
+            upstream.close()
         if budget is not None and budget.exceeded:
             raise too_large("The request body is too large.", limit=limit)
         log.warning("upstream failed", extra={"service": service, "error": type(exc).__name__})
         raise _unavailable(502)
+    except BaseException:  # cancelled, or anything else: the connection must not leak
+        if upstream is not None:
+            upstream.close()
+        raise
 
     async with upstream:
         if service == "auth" and method in UNSAFE_METHODS and upstream.status in (200, 201) \
                 and csrf.is_json(upstream.headers.get("Content-Type")):
-            return await _maybe_sign_in(request, gw, upstream)
-        return await proxy.stream_back(request, upstream, before_prepare=security_headers)
+            return await _maybe_sign_in(request, gw, upstream, whole, wait)
+        if whole is not None:
+            return proxy.whole_response(upstream, whole)
+        return await proxy.stream_back(request, upstream, deadlines=gw.deadlines, silence=wait)
+
+
+api = _api_route(_forward)
 
 
 def _identity_payload(gw: Gateway, session: Session | None, ip: str) -> str:
@@ -374,12 +457,17 @@ def _identity_payload(gw: Gateway, session: Session | None, ip: str) -> str:
     return payload
 
 
-async def _maybe_sign_in(request: web.Request, gw: Gateway, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _maybe_sign_in(
+    request: web.Request, gw: Gateway, upstream: aiohttp.ClientResponse, whole: bytes | None, silence: float | None,
+) -> web.StreamResponse:
     """An auth-service answer with a top-level "grant" signs the user in; any other answer
     passes through unchanged (read whole only up to GRANT_BODY_LIMIT, streamed beyond)."""
-    head, complete = await proxy.read_up_to(upstream, GRANT_BODY_LIMIT)
-    if not complete:
-        return await proxy.stream_back(request, upstream, prefix=head, before_prepare=security_headers)
+    if whole is not None:
+        head = whole
+    else:
+        head, complete = await proxy.read_up_to(upstream, GRANT_BODY_LIMIT, deadlines=gw.deadlines, silence=silence)
+        if not complete:
+            return await proxy.stream_back(request, upstream, prefix=head, deadlines=gw.deadlines, silence=silence)
     try:
         parsed = json.loads(head)
     except ValueError:
@@ -402,11 +490,46 @@ async def spa_fallback(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+def _asset_files() -> dict[str, Path]:
+    """The web app's files by their path under /assets/: regular files only (no symlinks),
+    listed once at start. Serving from this list cannot reach outside the directory."""
+    return {
+        path.relative_to(STATIC_DIR).as_posix(): path
+        for path in STATIC_DIR.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def _asset_handler(files: dict[str, Path]) -> Handler:
+    async def asset(request: web.Request) -> web.FileResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise ApiError(404, "not_found", "Not found.")
+        return web.FileResponse(path)
+
+    return asset
+
+
+async def _not_api_v1(request: web.Request) -> web.StreamResponse:
+    """/api/ paths outside /api/v1/: after the session step like any /api/ path, nothing."""
+    if request.method in ("GET", "HEAD"):
+        raise ApiError(404, "not_found", "Not found.")
+    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    """Every path has a GET route: anything reaching this is a method the path does not take."""
+    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/session", get_session)
-    app.router.add_delete(f"{PREFIX}/session", delete_session)
-    app.router.add_get(f"{PREFIX}/openapi.json", openapi.openapi_json)  # public: the API's description
+    app.on_response_prepare.append(_on_response_prepare)
+    app.router.add_get(f"{PREFIX}/session", _api_route(get_session))
+    app.router.add_delete(f"{PREFIX}/session", _api_route(delete_session))
+    app.router.add_get(f"{PREFIX}/openapi.json", _api_route(openapi.openapi_json))  # public: the API's description
     app.router.add_route("*", PREFIX + "/{tail:.*}", api)
-    app.router.add_get("/", index)
-    app.router.add_static("/assets/", STATIC_DIR, show_index=False, follow_symlinks=False)
-    app.router.add_get("/{tail:.*}", spa_fallback)
+    app.router.add_route("*", "/api/{tail:.*}", _api_route(_not_api_v1))
+    app.router.add_get("/", _page_route(index))
+    app.router.add_get("/assets/{name:.+}", _page_route(_asset_handler(_asset_files())))
+    app.router.add_get("/{tail:.*}", _page_route(spa_fallback))
+    app.router.add_route("*", "/{tail:.*}", _page_route(_no_route))

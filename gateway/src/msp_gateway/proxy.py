@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -18,6 +18,7 @@ from msp_shared import telemetry
 from msp_shared.errors import ApiError
 
 from . import csrf
+from .deadlines import Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,24 @@ def _drop(base: frozenset[str], headers) -> frozenset[str]:  # noqa: ANN001
     return base | _connection_named(headers) if hdrs.CONNECTION in headers else base
 
 
-def request_headers(request: web.Request, signed_identity: str) -> CIMultiDict[str]:
+def request_headers(request: web.Request, signed_identity: str, *, traced: bool = True) -> CIMultiDict[str]:
+    """The headers a service gets. `traced`: whether a trace context may be current (else
+    there is nothing to inject and the propagator is not asked)."""
     drop = _drop(DROP_REQUEST, request.headers)
     out: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in request.headers.items() if k.lower() not in drop])
     out[identity_header.HEADER] = signed_identity
-    telemetry.inject_http(out)
+    if traced:
+        telemetry.inject_http(out)
     return out
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def _kept_response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
     drop = _drop(DROP_RESPONSE, upstream.headers)
-    return CIMultiDict([(k, v) for k, v in upstream.headers.items() if k.lower() not in drop])
+    return [(k, v) for k, v in upstream.headers.items() if k.lower() not in drop]
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    return CIMultiDict(_kept_response_headers(upstream))
 
 
 class BodyBudget:
@@ -89,45 +97,58 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+def _unavailable() -> ApiError:
+    return ApiError(502, "service_unavailable", "The service is temporarily unavailable; please try again.")
+
+
+async def _next_chunk(upstream: aiohttp.ClientResponse, deadlines: Deadlines, silence: float | None) -> bytes:
+    """The next piece of a streamed answer (b"" at its end), waiting at most `silence` seconds."""
+    with deadlines.after(silence):
+        return await upstream.content.read(CHUNK)
+
+
+def read_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """Whether an answer is read whole (small, or a HEAD) rather than streamed."""
+    length = upstream.content_length
+    return request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE)
+
+
+async def read_up_to(
+    upstream: aiohttp.ClientResponse, limit: int, *, deadlines: Deadlines, silence: float | None,
+) -> tuple[bytes, bool]:
     """Read at most about `limit` bytes of the answer: (what was read, whether that is all)."""
     parts, size = [], 0
     try:
-        async for chunk in upstream.content.iter_chunked(CHUNK):
+        while chunk := await _next_chunk(upstream, deadlines, silence):
             parts.append(chunk)
             size += len(chunk)
             if size > limit:
                 return b"".join(parts), False
     except (aiohttp.ClientError, asyncio.TimeoutError):
-        raise ApiError(502, "service_unavailable", "The service is temporarily unavailable; please try again.")
+        raise _unavailable()
     return b"".join(parts), True
 
 
+def whole_response(upstream: aiohttp.ClientResponse, body: bytes) -> web.Response:
+    """A service's answer read whole, passed on (the app's prepare hook adds the security headers)."""
+    # the list goes straight into the response's own header dict (no intermediate copy)
+    return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=_kept_response_headers(upstream))
+
+
 async def stream_back(
-    request: web.Request, upstream: aiohttp.ClientResponse, *, prefix: bytes = b"",
-    before_prepare: Callable[[web.Request, web.StreamResponse], None] | None = None,
+    request: web.Request, upstream: aiohttp.ClientResponse, *, prefix: bytes = b"", deadlines: Deadlines,
+    silence: float | None,
 ) -> web.StreamResponse:
-    """Pass the service's answer on: small ones whole, big ones chunk by chunk (after
-    `prefix`, what was already read of it). `before_prepare` completes a streamed answer's
-    headers before they go out."""
-    headers = response_headers(upstream)
-    length = upstream.content_length
-    if not prefix and (request.method == "HEAD" or (length is not None and length <= SMALL_RESPONSE)):
-        try:
-            body = await upstream.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            raise ApiError(502, "service_unavailable", "The service is temporarily unavailable; please try again.")
-        return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if length is not None:
-        response.content_length = length
-    if before_prepare is not None:
-        before_prepare(request, response)
+    """Pass a big (or unknown-length) answer on chunk by chunk, after `prefix` (what was
+    already read of it); `silence`: the longest wait for the service's next chunk."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
     await response.prepare(request)
     try:
         if prefix:
             await response.write(prefix)
-        async for chunk in upstream.content.iter_chunked(CHUNK):
+        while chunk := await _next_chunk(upstream, deadlines, silence):
             await response.write(chunk)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         # The answer broke off mid-way and our headers are out: cut the client's connection

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -43,7 +44,10 @@ def rules(settings) -> tuple[Rule, ...]:  # noqa: ANN001 - GatewaySettings
 
 
 def rule_for(all_rules: tuple[Rule, ...], method: str, path: str) -> Rule | None:
-    return next((r for r in all_rules if r.matches(method, path)), None)
+    for rule in all_rules:  # a plain loop: asked on every request, most match none
+        if rule.matches(method, path):
+            return rule
+    return None
 
 
 def account_key(value: str) -> str:
@@ -55,6 +59,10 @@ class Store(Protocol):
         """Record one hit unless the key is at its limit. Returns 0 when allowed, else the
         seconds until the oldest hit in the window leaves it (Retry-After)."""
 
+    async def hit_all(self, checks: Sequence[tuple[str, int]], *, window: timedelta, now: datetime) -> int:
+        """`hit` for each (key, limit) in turn, stopping at the first key at its limit (its hit
+        and those after it are not recorded): 0 when all were allowed, else that key's wait."""
+
 
 def retry_after(oldest: datetime, window: timedelta, now: datetime) -> int:
     return max(1, math.ceil((oldest + window - now).total_seconds()))
@@ -65,6 +73,12 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._hits: dict[str, deque[datetime]] = {}
+
+    async def hit_all(self, checks: Sequence[tuple[str, int]], *, window: timedelta, now: datetime) -> int:
+        for key, limit in checks:
+            if wait := await self.hit(key, limit=limit, window=window, now=now):
+                return wait
+        return 0
 
     async def hit(self, key: str, *, limit: int, window: timedelta, now: datetime) -> int:
         hits = self._hits.setdefault(key, deque())

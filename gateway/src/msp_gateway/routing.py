@@ -33,7 +33,7 @@ def service_for(upstream_path: str) -> str | None:
     """The service owning an upstream path ('/messages/1'), or None for no such area.
     Dot segments are refused so a path cannot climb into another area."""
     segments = upstream_path.split("/")[1:]
-    if not segments or any(s in ("", ".", "..") for s in segments[:2]) or any(s in (".", "..") for s in segments):
+    if not segments or "" in segments[:2] or "." in segments or ".." in segments:
         return None
     area = segments[0]
     if area == "admin" and len(segments) > 1 and segments[1] in ADMIN_AREAS:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -84,16 +85,21 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_c
 
 
 class PostgresRateStore:
-    """Sliding-window log in PostgreSQL, shared by replicas. One statement per hit: the
-    rate_hit() function (migration 0002) takes an advisory lock per key, so count-then-insert
-    is exact under concurrency."""
+    """Sliding-window log in PostgreSQL, shared by replicas. One statement per request, however
+    many keys it counts: the rate_hits() function (migration 0003) takes an advisory lock per
+    key, so count-then-insert is exact under concurrency."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def hit(self, key: str, *, limit: int, window: timedelta, now: datetime) -> int:
-        # Its own implicit transaction: the lock is released when the hit is committed.
-        oldest = await self._pool.fetchval("SELECT rate_hit($1, $2, $3, $4)", key, limit, now - window, now)
+        return await self.hit_all(((key, limit),), window=window, now=now)
+
+    async def hit_all(self, checks: Sequence[tuple[str, int]], *, window: timedelta, now: datetime) -> int:
+        # Its own implicit transaction: the locks are released when the hits are committed.
+        oldest = await self._pool.fetchval(
+            "SELECT rate_hits($1, $2, $3, $4)", [k for k, _ in checks], [n for _, n in checks], now - window, now
+        )
         return 0 if oldest is None else retry_after(oldest, window, now)
 
     async def purge(self, now: datetime, window: timedelta) -> None:
