@@ -22,7 +22,7 @@ which goes first, and the figures are the medians; every round is printed too.
 
 Targets (issue 4): gateway→mail MB/s >= 0.5 x the bare handler's; each process < 100 MB.
 
-    uv run python bench/upload.py [--mb 300] [--rounds 5]"""
+    uv run python bench/upload.py [--mb 300] [--rounds 7]"""
 from __future__ import annotations
 
 import argparse
@@ -138,7 +138,7 @@ async def timed_post(url: str, size: int, headers: dict, pids: dict[str, int]) -
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=5, help="bare and gateway uploads each, taking turns")
+    parser.add_argument("--rounds", type=int, default=7, help="bare and gateway uploads each, taking turns")
     args = parser.parse_args()
     size = args.mb * 1000 * 1000  # "300 MB"; mail-service's limit is 300 MiB
     scratch = Path(tempfile.mkdtemp(prefix="msp-bench-upload-"))
