@@ -152,17 +152,25 @@ def descendants(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (from /proc/<pid>/stat)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of these processes, all their threads (from /proc/<pid>/stat)."""
+    return _ticks([f"/proc/{pid}/stat" for pid in pids])
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU time of the process's main thread only: a service's event loop."""
+    return _ticks([f"/proc/{pid}/task/{pid}/stat"])
+
+
+def _ticks(stat_files: list[str]) -> float:
     total = 0
-    for pid in pids:
+    for path in stat_files:
         try:
-            with open(f"/proc/{pid}/stat") as fh:
+            with open(path) as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += int(fields[11]) + int(fields[12])  # utime, stime
         except OSError:
             pass
-    return total / tick
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def backend_pids(dsn: str) -> list[int]:

@@ -1,6 +1,6 @@
 """bench/login: successful logins per second through the real gateway and auth-service at
 saturation, beside raw argon2id verification with auth's configured parameters on every
-core (a ProcessPoolExecutor, one worker per core), same run; and the p99 latency of a cheap
+core (a ProcessPoolExecutor, one worker per core: the primitive, no service around it), same run; and the p99 latency of a cheap
 authenticated GET measured while logins saturate the machine.
 
 Setup: gateway and auth-service as separate processes (`python -m msp_gateway`,
@@ -35,7 +35,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, scratch_database, summary_ms, wrk  # noqa: E402
 from _stack import (  # noqa: E402
-    PASSWORD, RATE_LIMITS_RAISED, auth_params, backend_pids, cpu_seconds, create_users, descendants, services, sign_in,
+    PASSWORD, RATE_LIMITS_RAISED, auth_params, backend_pids, cpu_seconds, create_users, descendants, main_thread_cpu_seconds,
+    services, sign_in,
 )
 
 from msp_auth.config import AuthSettings  # noqa: E402
@@ -124,17 +125,19 @@ async def main() -> None:
                 }
                 # Where the CPU goes during the measured run, per successful login.
                 auth_pid, gateway_pid = stack.procs["auth"].pid, stack.procs["gateway"].pid
-                groups = {
-                    "gateway": descendants(gateway_pid),
-                    "auth_event_loop": [auth_pid],
-                    "auth_hash_workers": [p for p in descendants(auth_pid) if p != auth_pid],
-                    "postgres_backends": await backend_pids(dsn),
+                # auth hashes in threads of its own process: its CPU beyond the main thread's.
+                backends = await backend_pids(dsn)
+                meters = {
+                    "gateway": lambda: cpu_seconds(descendants(gateway_pid)),
+                    "auth_event_loop": lambda: main_thread_cpu_seconds(auth_pid),
+                    "auth_hash_threads": lambda: cpu_seconds(descendants(auth_pid)) - main_thread_cpu_seconds(auth_pid),
+                    "postgres_backends": lambda: cpu_seconds(backends),
                 }
-                before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+                before = {name: meter() for name, meter in meters.items()}
                 logins = wrk(gateway, seconds=args.seconds, connections=args.connections, script=script)
                 done = logins["req_per_s"] * args.seconds
-                cpu_per_login = {name: round((cpu_seconds(pids) - before[name]) / done * 1000, 2)
-                                 for name, pids in groups.items()}
+                cpu_per_login = {name: round((meter() - before[name]) / done * 1000, 2)
+                                 for name, meter in meters.items()}
                 # Same load again, with the probes running alongside it.
                 loaded_run = asyncio.create_task(
                     asyncio.to_thread(wrk, gateway, seconds=args.seconds, connections=args.connections, script=script)

@@ -51,7 +51,7 @@ async def restriction_middleware(request: web.Request, handler):  # noqa: ANN001
 
 
 async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The password-hashing process pool, started before the first request."""
+    """The password-hashing threads, started before the first request."""
     settings = app[AUTH_SETTINGS]
     hasher = Hasher(
         Argon2Params(

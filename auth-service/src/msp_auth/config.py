@@ -29,13 +29,13 @@ class AuthSettings(ServiceSettings):
     argon2_hash_len: int = Field(32, ge=16, description="argon2id output length in bytes.")
     argon2_salt_len: int = Field(16, ge=16, description="argon2id salt length in bytes.")
     hash_workers: int = Field(
-        0, ge=0, description="Processes hashing passwords off the event loop; 0 = one per CPU core."
+        0, ge=0, description="Threads hashing passwords off the event loop (argon2 releases the GIL); 0 = one per CPU core."
     )
     hash_worker_nice: int = Field(
         10,
         ge=0,
         le=19,
-        description="Niceness added to the hashing processes, so that under a burst of logins the OS runs "
+        description="Niceness added to the hashing threads, so that under a burst of logins the OS runs "
         "the event loops (every other request) before hashes; 0 = same priority.",
     )
 
