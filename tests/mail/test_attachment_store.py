@@ -122,6 +122,20 @@ async def test_disk_store_uses_direct_io_where_the_filesystem_allows(tmp_path: P
         out.close()
 
 
+def test_a_refused_direct_write_goes_on_buffered(tmp_path: Path) -> None:
+    # The kernel refuses an O_DIRECT write from an unaligned buffer with EINVAL, as some
+    # filesystems refuse every direct write: the file goes on buffered, nothing is lost.
+    from msp_mail.blobstore import _BlockFile
+
+    out = _BlockFile(tmp_path / "f")
+    assert out.direct
+    data = bytearray(os.urandom(5001))
+    out._write(memoryview(data)[1:])  # one byte in: unaligned address and length
+    out.finish()
+    out.close()
+    assert not out.direct and (tmp_path / "f").read_bytes() == bytes(data[1:])
+
+
 async def test_failed_stream_leaves_no_file_in_direct_mode(tmp_path: Path) -> None:
     store = DiskBlobStore(tmp_path)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
 from collections.abc import AsyncIterator
@@ -186,7 +187,8 @@ class _BlockFile:
     the page cache only evicts useful pages (the database's), and the kernel's cost for
     fresh cache pages swings widely. Measured here for 300 MB and fsync: 0.01 s of CPU and
     0.1 s with O_DIRECT; 0.05 to 0.6 s of CPU and 0.12 to 0.9 s through the page cache.
-    A filesystem that refuses O_DIRECT (tmpfs) gets the same blocks, buffered.
+    A filesystem that refuses O_DIRECT, at open or at the first write, gets the same blocks
+    buffered.
 
     fill() and take_block() run on the event loop; write() and finish() in a worker thread,
     never two at once (put() awaits each write before it hands over the next block)."""
@@ -242,7 +244,16 @@ class _BlockFile:
 
     def _write(self, view: memoryview) -> None:
         while view:
-            n = os.write(self.fd, view)
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                if not self.direct or exc.errno != errno.EINVAL:
+                    raise
+                # Opened with O_DIRECT but the write is refused (some network and FUSE
+                # filesystems): go on through the page cache, on the same file.
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self.direct = False
+                continue
             if self.direct and n % DIRECT_ALIGN and n != len(view):
                 raise OSError(errno.EIO, "short direct write")  # the next offset would be unaligned
             self._size += n
