@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from msp_shared.clock import ManualClock
 # The stack builder lives with the integration tests (a plain folder, not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 from stack import Stack, build_stack  # noqa: E402
+
+from e2e_kit import MakeMember, Member, make_member  # noqa: E402
 
 CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -53,3 +56,15 @@ async def page(chromium, stack: Stack) -> AsyncIterator[object]:
     finally:
         await context.close()
     assert not errors, f"script errors in the page: {errors}"
+
+
+@pytest.fixture
+def member(stack: Stack) -> MakeMember:
+    """`await member(email, practice_name, paid=False)`: a registered, verified user of that
+    practice, signed in nowhere yet (see e2e_kit.make_member)."""
+    practices: dict[str, uuid.UUID] = {}
+
+    async def make(email: str, practice_name: str = "Bright Smiles", *, paid: bool = False) -> Member:
+        return await make_member(stack, practices, email, practice_name, paid=paid)
+
+    return make

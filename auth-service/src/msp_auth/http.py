@@ -18,11 +18,12 @@ from msp_shared.events import UserLocked, UserRegistered
 from msp_shared.mailer import request_email
 from msp_shared.web import read_model, require_user
 
-from . import lockout, phones, policy, store, tokens
+from . import lockout, phones, policy, store, terms, tokens
 from .accounts import (
     PASSWORD_RESET, REGISTRATION, SERVICE, Ctx, check_proof, consume_proof, ctx, password_violations, public_user,
     refuse, revoke_sessions, rules, session_answer, signed_in, two_step_applies, verification,
 )
+from .keys import AUTH_SETTINGS
 
 INVALID_CREDENTIALS = ApiError(401, "invalid_credentials", "The email or password is not right.")
 ACCOUNT_LOCKED = ApiError(
@@ -428,3 +429,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/me/verification", complete_verification)
     app.router.add_post("/me/verification/ticket", verification_ticket)
     app.router.add_get("/me", get_me)
+    # Terms of Use (public, read by the registration form). Checked here, at start: the
+    # version registration asks users to accept must have its text shipped in the package.
+    terms.require(app[AUTH_SETTINGS].terms_version)
+    app.router.add_get("/terms", terms.current_terms)
+    app.router.add_get("/terms/{version}", terms.terms_version)

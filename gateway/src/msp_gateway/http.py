@@ -48,6 +48,7 @@ CLEAR_COOKIE = web.RequestKey("msp.gw.clear_cookie", bool)
 # the flows that lead there.
 _ANONYMOUS_OK = (
     "/session", "/password/forgot", "/password/reset", "/registrations", "/invitations", "/verifications", "/openapi.json",
+    "/terms",
 )
 
 SECURITY_HEADERS = {

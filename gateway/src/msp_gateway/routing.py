@@ -14,6 +14,7 @@ AREAS = {
     "password": "auth",
     "invitations": "auth",
     "registrations": "auth",
+    "terms": "auth",
     "me": "auth",
     "practice": "auth",
     "admin": "auth",

@@ -97,18 +97,46 @@ async function api(method, path, body, { raw = false } = {}) {
   }
   const resp = await fetch("/api/v1" + path, init);
   if (raw) return resp;
-  if (resp.ok && state.csrf && path !== "/session") watchIdle(null);  // activity: the idle clock restarts
   const data = resp.status === 204 ? null : await resp.json().catch(() => null);
-  if (!resp.ok) {
-    const err = new ApiError(resp.status, data);
+  return settle(method, path, resp.status, data);
+}
+
+// What every answer goes through, from fetch() or an upload's XMLHttpRequest: its data, or an
+// ApiError; activity restarts the idle clock, an ended session goes back to the login page.
+function settle(method, path, status, data) {
+  const ok = status >= 200 && status < 300;
+  if (ok && state.csrf && path !== "/session") watchIdle(null);  // activity: the idle clock restarts
+  if (!ok) {
+    const err = new ApiError(status, data);
     // A session that ended (idle for 30 minutes, signed out elsewhere): back to the login page.
     const signingIn = method === "POST" && path === "/session";
-    if (resp.status === 401 && !signingIn && (err.code === "session_expired" || state.csrf)) {
+    if (status === 401 && !signingIn && (err.code === "session_expired" || state.csrf)) {
       signedOut(IDLE_MESSAGE);
     }
     throw err;
   }
   return data;
+}
+
+// A multipart POST with upload progress (fetch() reports none): the same headers and answers
+// as api(); onProgress(sent, total) is called as the browser sends the body.
+function upload(path, form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/v1" + path);
+    xhr.setRequestHeader("Accept", "application/json");
+    if (state.csrf) xhr.setRequestHeader("X-CSRF-Token", state.csrf);
+    xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); });
+    xhr.addEventListener("load", () => {
+      let data = null;
+      try { data = xhr.status === 204 ? null : JSON.parse(xhr.responseText); } catch { /* not JSON: a generic error */ }
+      try { resolve(settle("POST", path, xhr.status, data)); } catch (err) { reject(err); }
+    });
+    const failed = () => reject(new ApiError(0, { message: "The upload did not go through. Check your connection and try again." }));
+    xhr.addEventListener("error", failed);
+    xhr.addEventListener("timeout", failed);
+    xhr.send(form);
+  });
 }
 
 // The gateway ends a session after 30 idle minutes; check just after that moment so an idle
@@ -343,10 +371,25 @@ async function viewRegister(params) {
     inv.two_step_required ? field("Phone for 2-Step Verification", { name: "phone", type: "tel", autocomplete: "tel" },
       (inv.phone_hint ? `Leave empty to use ${inv.phone_hint}. ` : "") + "Use a number without a dial tree: an automated menu stops the call from reaching you.") : null,
     ...pw.nodes,
+    termsView(inv.terms_version),
     h("label", { class: "check", for: "f-terms" }, h("input", { id: "f-terms", name: "accept_terms", type: "checkbox", required: true }),
       `I have read and accept the Terms of Use (version ${inv.terms_version}).`),
     h("button", { type: "submit" }, "Create my account"), err);
   pageFor(seq, "Register", h("div", { class: "card narrow" }, form));
+}
+
+// The Terms of Use to accept, shown in place when opened (the text is fetched the first time).
+function termsView(version) {
+  const text = h("div", { class: "terms", tabindex: "0", role: "region", "aria-label": `Terms of Use, version ${version}` }, "Loading…");
+  const view = h("details", { class: "terms-view" }, h("summary", {}, `Read the Terms of Use (version ${version})`), text);
+  let loaded = false;
+  view.addEventListener("toggle", async () => {
+    if (!view.open || loaded) return;
+    loaded = true;
+    try { text.textContent = (await api("GET", `/terms/${encodeURIComponent(version)}`)).text; }
+    catch (ex) { loaded = false; const err = errorBox(); text.replaceChildren(err); showError(err, ex); }
+  });
+  return view;
 }
 
 function finishVerification(path) {
@@ -592,21 +635,122 @@ async function viewMessage(params) {
       go(`#/message?id=${encodeURIComponent(sent.id)}`, "Your reply has been sent.");
     } catch (ex) { showError(replyErr, ex); replyErr.focus(); } finally { button.disabled = false; }
   } }, h("label", { for: "f-reply" }, "Reply", body), h("div", { class: "row" }, h("button", { type: "submit" }, "Send reply")), replyErr);
+  const expires = h("dd", { id: "msg-expires" }, fmtDate(msg.expires_at));
   pageFor(seq, msg.subject || "(no subject)",
     h("dl", { class: "meta" },
       h("dt", {}, "From"), h("dd", {}, senderName(msg)),
       h("dt", {}, "To"), h("dd", {}, (msg.to || []).map((r) => r.email).join(", ")),
       h("dt", {}, "Sent"), h("dd", {}, fmtDate(msg.created_at)),
-      msg.expires_at ? [h("dt", {}, "Expires"), h("dd", {}, fmtDate(msg.expires_at))] : null),
+      msg.expires_at ? [h("dt", {}, "Expires"), expires] : null),
     h("div", { class: "card body" }, msg.body || ""),
     attachments.length ? [h("h2", {}, "Attachments"), h("ul", { class: "files" }, attachments.map((a) => h("li", {},
       h("a", { href: `/api/v1/messages/${encodeURIComponent(msg.id)}/attachments/${encodeURIComponent(a.id)}`, download: a.filename },
         `Download ${a.filename}`), h("span", { class: "hint" }, ` (${fmtSize(a.size)})`))))] : null,
+    msg.folder === "sent" ? senderTools(msg, expires) : null,
     (msg.thread || []).length > 1 ? [h("h2", {}, "Conversation"), h("ol", { class: "thread" }, msg.thread.map((t) => h("li", {},
       t.id === msg.id ? h("strong", { "aria-current": "page" }, t.subject) : h("a", { href: `#/message?id=${encodeURIComponent(t.id)}` }, t.subject),
       h("span", { class: "hint" }, ` · ${senderName(t)} · ${fmtDate(t.created_at)}`))))] : null,
     h("h2", {}, "Reply to everyone in this conversation"), h("div", { class: "card" }, reply),
     h("p", {}, h("a", { href: msg.folder === "sent" ? "#/sent" : "#/inbox" }, `Back to ${msg.folder === "sent" ? "Sent" : "Inbox"}`)));
+}
+
+// ---- a sent message: read receipts, recall, a shorter life, the access log -------------------------
+function senderTools(msg, expires) {
+  return h("section", { class: "card sender", "aria-labelledby": "receipts-h" },
+    h("h2", { id: "receipts-h" }, "Read receipts"), receipts(msg),
+    recallControl(msg), expiryControl(msg, expires), accessLog(msg));
+}
+
+function receipts(msg) {
+  const rows = (msg.to || []).map((r) => h("tr", {},
+    cell("Recipient", r.email),
+    cell("First opened", r.first_opened_at ? fmtDate(r.first_opened_at) : h("span", { class: "badge" }, "Not opened yet"))));
+  return h("div", { class: "table-wrap" }, h("table", { class: "stack", id: "receipts" },
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Recipient"), h("th", { scope: "col" }, "First opened"))),
+    h("tbody", {}, rows)));
+}
+
+// A yes/cancel question shown in `box` (it takes focus); `restore` puts back what was there.
+function askFirst(box, question, detail, yesText, onYes, restore) {
+  const yes = h("button", { type: "button", onclick: async () => { yes.disabled = true; await onYes(); yes.disabled = false; } }, yesText);
+  const id = "ask-" + Math.random().toString(36).slice(2);
+  const dialog = h("div", { class: "confirm", role: "group", "aria-labelledby": id, tabindex: "-1" },
+    h("p", { id }, h("strong", {}, question)), h("p", {}, detail),
+    h("div", { class: "row" }, yes, h("button", { type: "button", class: "secondary", onclick: restore }, "Cancel")));
+  box.replaceChildren(dialog);
+  dialog.focus();
+}
+
+function recallControl(msg) {
+  const err = errorBox();
+  const box = h("div", {});
+  const closed = () => box.replaceChildren(h("p", { class: "hint" }, "A recipient has opened this message, so it can no longer be recalled."));
+  const offer = () => box.replaceChildren(
+    h("p", { class: "hint" }, "Nobody has opened this message yet: you can still recall it."),
+    h("button", { type: "button", class: "secondary", onclick: ask }, "Recall this message"));
+  const ask = () => askFirst(box, "Recall this message?",
+    "It is deleted with its attachments, for you and for every recipient. This cannot be undone.", "Yes, recall it", async () => {
+      err.hidden = true;
+      try {
+        await api("POST", `/messages/${encodeURIComponent(msg.id)}/recall`, {});
+        go("#/sent", "The message has been recalled: its recipients can no longer open it.");
+      } catch (ex) {
+        if (ex.code === "already_opened") closed(); else offer();
+        showError(err, ex);
+      }
+    }, offer);
+  if (msg.can_recall) offer(); else closed();
+  return [h("h2", {}, "Recall"), box, err];
+}
+
+function expiryControl(msg, expires) {
+  const err = errorBox();
+  const box = h("div", {});
+  const days = h("input", { id: "f-expiry", name: "expires_in_days", type: "number", min: 0, step: 1, required: true,
+                            inputmode: "numeric", "aria-describedby": "expiry-hint" });
+  const change = async (n) => {
+    err.hidden = true;
+    try {
+      const answer = await api("PATCH", `/messages/${encodeURIComponent(msg.id)}`, { expires_in_days: n });
+      if (answer.expired) { go("#/sent", "The message has expired: it is deleted for you and every recipient."); return; }
+      msg.expires_at = answer.expires_at;
+      expires.textContent = fmtDate(answer.expires_at);
+      days.value = "";
+      say(`The message now expires ${fmtDate(answer.expires_at)}.`);
+    } catch (ex) { showError(err, ex); }
+  };
+  const form = h("form", { onsubmit: (e) => {
+    e.preventDefault();
+    const n = Number(days.value);
+    if (n > 0) { change(n); return; }
+    askFirst(box, "Expire this message now?", "It is deleted with its attachments, for you and for every recipient. This cannot be undone.",
+      "Yes, expire it now", () => change(0).then(() => box.replaceChildren(form)), () => box.replaceChildren(form));
+  } },
+    h("div", { class: "field" }, h("label", { for: "f-expiry" }, "Expire in (days from now)"), days,
+      h("span", { class: "hint", id: "expiry-hint" }, "A message's life can only be shortened, never extended. 0 expires it now.")),
+    h("div", { class: "row" }, h("button", { type: "submit", class: "secondary" }, "Change expiry")));
+  box.append(form);
+  return [h("h2", {}, "Expiry"), box, err];
+}
+
+// Who opened the message or downloaded its files, and when (the disclosure log).
+function accessLog(msg) {
+  const err = errorBox();
+  const box = h("div", {});
+  const who = (id) => id === (msg.from || {}).user_id ? "You" : ((msg.to || []).find((r) => r.user_id === id) || {}).email || "Another user";
+  const show = async () => {
+    err.hidden = true;
+    try {
+      const entries = (await api("GET", `/messages/${encodeURIComponent(msg.id)}/disclosures`)).disclosures || [];
+      box.replaceChildren(entries.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack" },
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "When"), h("th", { scope: "col" }, "Who"), h("th", { scope: "col" }, "What"), h("th", { scope: "col" }, "From"))),
+        h("tbody", {}, entries.map((e) => h("tr", {}, cell("When", fmtDate(e.at)), cell("Who", who(e.user_id)),
+          cell("What", e.action === "download" ? "Downloaded a file" : "Opened the message"), cell("From", e.ip || "")))))) : h("p", { class: "hint" }, "Nobody has opened it yet."),
+      h("p", {}, h("a", { href: `/api/v1/messages/${encodeURIComponent(msg.id)}/disclosures?format=csv`, download: "" }, "Download the access log (CSV)")));
+    } catch (ex) { showError(err, ex); }
+  };
+  box.append(h("button", { type: "button", class: "secondary", onclick: show }, "Show the access log"));
+  return [h("h2", {}, "Access log"), box, err];
 }
 
 function viewCompose() {
@@ -621,6 +765,15 @@ function viewCompose() {
     chosen.textContent = files.files.length ? `${files.files.length} file(s), ${fmtSize(total)} in total.` : "";
     chosen.hidden = !files.files.length;
   });
+  // Upload progress, from the XMLHttpRequest's upload events (shown only with attachments).
+  const bar = h("progress", { id: "upload-progress", max: 100, value: 0 });
+  const barText = h("span", { class: "hint" });
+  const progress = h("div", { class: "field", hidden: true }, h("label", { for: "upload-progress" }, "Upload progress"), bar, barText);
+  const showProgress = (sent, total) => {
+    const pct = total ? Math.floor((sent * 100) / total) : 100;
+    bar.value = pct;
+    barText.textContent = pct < 100 ? `${pct}% sent · ${fmtSize(sent)} of ${fmtSize(total)}` : "Upload complete. Securing the files…";
+  };
   const form = h("form", { onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
     const fd = new FormData(form);
@@ -633,11 +786,13 @@ function viewCompose() {
     body.append("message", JSON.stringify({ to, subject: fd.get("subject"), body: fd.get("body") }));
     for (const f of files.files) body.append("file", f, f.name);
     const button = form.querySelector("button[type=submit]"); button.disabled = true;
-    say(files.files.length ? "Sending your message and its attachments…" : "");
+    const withFiles = files.files.length > 0;
+    say(withFiles ? "Sending your message and its attachments…" : "");
+    if (withFiles) { showProgress(0, 1); progress.hidden = false; }
     try {
-      const sent = await api("POST", "/messages", body);
+      const sent = withFiles ? await upload("/messages", body, showProgress) : await api("POST", "/messages", body);
       go(`#/message?id=${encodeURIComponent(sent.id)}`, "Your secure message has been sent.");
-    } catch (ex) { say(""); showError(err, ex); err.focus(); } finally { button.disabled = false; }
+    } catch (ex) { say(""); progress.hidden = true; showError(err, ex); err.focus(); } finally { button.disabled = false; }
   } },
     field("To", { name: "to", type: "text", required: true, autocomplete: "off", inputmode: "email" }, "Separate several addresses with commas. Someone without an account is invited to register to read it."),
     field("Subject", { name: "subject", required: true, maxlength: 300 }),
@@ -645,7 +800,7 @@ function viewCompose() {
     h("div", { class: "field" }, h("label", { for: "f-files" }, "Attachments"), files,
       h("span", { class: "hint", id: "files-hint" }, "Up to 300 MB in total per message. Accepted types: " + ACCEPTED_TYPES.join(", ") + ".")),
     chosen,
-    h("div", { class: "row" }, h("button", { type: "submit" }, "Send securely")), err);
+    h("div", { class: "row" }, h("button", { type: "submit" }, "Send securely")), progress, err);
   page("Compose", h("div", { class: "card" }, form));
 }
 
