@@ -314,7 +314,7 @@ class Bus:
         queue still pushes back), and only the broker's confirm is awaited."""
         if self._publish_channel is None or self._exchange is None:
             raise BusNotConnected("connect() first")
-        if _spans_recorded():
+        if telemetry.spans_wanted():
             span = telemetry.producer_span(envelope, exchange=self.exchange_name)
             headers: dict[str, Any] = {}
         else:
@@ -367,12 +367,17 @@ class Bus:
 
     # ---- consuming ----------------------------------------------------------------------
 
+    async def _handed_back(self, message: AbstractIncomingMessage) -> bool:
+        """Delivered while we shut down: hand it back for another replica."""
+        if not self._closing:
+            return False
+        with contextlib.suppress(Exception):  # a closed channel requeues it anyway
+            await message.reject(requeue=True)
+        return True
+
     def _consumer(self, sub: _Subscription) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
-            if self._closing:
-                # Delivered while we shut down: hand it back for another replica.
-                with contextlib.suppress(Exception):  # a closed channel requeues it anyway
-                    await message.reject(requeue=True)
+            if await self._handed_back(message):
                 return
             self._inflight += 1
             self._idle.clear()
@@ -438,10 +443,7 @@ class Bus:
 
     def _batched_consumer(self, sub: _Subscription) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
-            if self._closing:
-                # Delivered while we shut down: hand it back for another replica.
-                with contextlib.suppress(Exception):  # a closed channel requeues it anyway
-                    await message.reject(requeue=True)
+            if await self._handed_back(message):
                 return
             # Deliveries are appended in delivery order (aio-pika starts their callbacks in
             # that order); the worker takes them all at once.
@@ -581,20 +583,13 @@ class Bus:
 _TRACE_KEYS = ("traceparent", "tracestate")  # W3C trace context only (telemetry.py)
 
 
-def _spans_recorded() -> bool:
-    """Whether an event span made now would be kept: a tracer provider is installed and
-    something exports (telemetry.spans_wanted). Otherwise the bus only passes the trace
-    context on, which is all a span that records nothing does, without the span's cost."""
-    return telemetry.spans_wanted() and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-
-
 def _consumer_context(
     envelope: Envelope, headers: dict[str, Any] | None, group: str
 ) -> contextlib.AbstractContextManager:
     """Around a handler: its CONSUMER span; or, when no span would be kept, its parent context
     made current as it is (the same parent: the AMQP headers', else Envelope.trace), so the
     events the handler writes still continue the trace."""
-    if _spans_recorded():
+    if telemetry.spans_wanted():
         return telemetry.consumer_span(envelope, headers, group=group)
     if headers and "traceparent" in headers:
         parent = telemetry.extract_amqp(headers)

@@ -103,13 +103,16 @@ _foreign_provider = False  # joined a provider someone else set up: it may expor
 
 
 def _spans_wanted() -> bool:
-    """Whether a request needs a span of its own: only when something would export it. With
-    exporter "none" on our own provider a span is pure cost (nothing reads it, logs carry no
-    trace ids), so the middleware only passes an incoming trace context on."""
-    return _provider is None or _foreign_provider or _switch.delegate is not None
+    """Whether a request or an event needs a span of its own: only when something would keep
+    it. With exporter "none" on our own provider, or with no provider installed at all (the
+    API's proxy makes spans that record nothing), a span is pure cost: nothing reads it and
+    logs carry no trace ids, so callers only pass the incoming trace context on."""
+    if _provider is None:  # setup_tracing() not called: kept only by a provider someone installed
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _foreign_provider or _switch.delegate is not None
 
 
-spans_wanted = _spans_wanted  # public: the gateway's folded middleware asks it too
+spans_wanted = _spans_wanted  # public: the gateway's routes and the bus ask it too
 
 
 def _choice(settings: ServiceSettings, exporter: SpanExporter | None) -> tuple[Any, ...]:
