@@ -158,6 +158,25 @@ async def test_the_same_purchase_twice_makes_one_subscription(billing: Billing) 
     s3, b3 = await billing.call("POST", "/billing/securemail", manager, {"user_id": user.id})
     assert s3 == 200 and b3["subscription"]["subscription_id"] == b1["subscription"]["subscription_id"]
 
+
+async def test_an_active_subscription_does_not_move_the_purchase_key_on(billing: Billing) -> None:
+    # A double click whose second request reads the key's generation just after the first
+    # one recorded its row must still reuse the first key (one Stripe subscription, no 409):
+    # only ended subscriptions count, so a new purchase after a cancellation gets a new key.
+    from msp_billing import store
+
+    manager = new_user(roles=UM)
+    user = new_user(manager.practice_id)
+    await billing.register(user)
+    await billing.set_card(manager)
+    assert await store.purchase_generation(billing.pool, manager.id, user.id) == 0
+    status, body = await billing.call("POST", "/billing/securemail", manager, {"user_id": user.id})
+    assert status == 201
+    assert await store.purchase_generation(billing.pool, manager.id, user.id) == 0
+    status, _ = await billing.call("DELETE", f"/billing/securemail/{user.id}", manager)
+    assert status == 200
+    assert await store.purchase_generation(billing.pool, manager.id, user.id) == 1
+
     assert len(billing.stripe_subscriptions(user_id=user.id)) == 1
     assert len(billing.stripe.objects["invoice"]) == 1
     assert len(await billing.outbox("billing.securemail.granted")) == 1

@@ -59,8 +59,11 @@ async def active_subscription_for(conn: Conn, user_id: str) -> asyncpg.Record | 
 
 
 async def purchase_generation(conn: Conn, payer_id: str, user_id: str) -> int:
+    """How many of this payer's subscriptions for this user have ended. Only canceled ones
+    count: a concurrent purchase that recorded its active row a moment ago must not move the
+    key on, or a double click would make a second Stripe subscription (and a 409)."""
     return await conn.fetchval(
-        "SELECT count(*) FROM subscriptions WHERE payer_id = $1 AND user_id = $2",
+        "SELECT count(*) FROM subscriptions WHERE payer_id = $1 AND user_id = $2 AND status = 'canceled'",
         uuid.UUID(payer_id), uuid.UUID(user_id),
     )
 
