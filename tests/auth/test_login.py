@@ -98,6 +98,11 @@ async def test_password_expires_after_90_days_and_then_only_a_change_is_allowed(
     assert me.status == 200 and me.body["restriction"] == "password_expired"
     refused = await auth.call("POST", "/me/verification/ticket", {}, who=who)
     assert refused.status == 403 and refused.body["error"] == "password_expired"
+    # the Terms of Use are public reading, for a restricted session too; nothing near them is
+    terms = await auth.call("GET", "/terms", who=who)
+    assert terms.status == 200 and terms.body["text"]
+    assert (await auth.call("GET", f"/terms/{terms.body['version']}", who=who)).status == 200
+    assert (await auth.call("GET", "/termsx", who=who)).status == 403
 
     changed = await auth.call("POST", "/me/password",
                               {"current_password": GOOD_PASSWORD, "new_password": "Fresh-Meadow-77?"}, who=who)

@@ -33,6 +33,9 @@ ALLOWED_WHEN_RESTRICTED: dict[str, frozenset[tuple[str, str]]] = {
         ("POST", "/registrations/verify"),
     }),
 }
+# Public reading, the same for everyone and open to signed-out visitors: a restricted session
+# may read it too (the Terms of Use it accepted, for one).
+PUBLIC_READS = ("/terms",)
 RESTRICTION_MESSAGES = {
     PASSWORD_EXPIRED: "Your password has expired. Choose a new one to continue.",
     VERIFICATION_REQUIRED: "Confirm your phone number with the code we send you to continue.",
@@ -45,7 +48,8 @@ async def restriction_middleware(request: web.Request, handler):  # noqa: ANN001
     restriction = ident.extra.get("restriction") if ident is not None and ident.authenticated else None
     if restriction:
         allowed = ALLOWED_WHEN_RESTRICTED.get(restriction, frozenset({("GET", "/me")}))  # unknown: fail closed
-        if (request.method, request.path) not in allowed:
+        public = request.method == "GET" and any(request.path == p or request.path.startswith(p + "/") for p in PUBLIC_READS)
+        if (request.method, request.path) not in allowed and not public:
             raise ApiError(403, restriction, RESTRICTION_MESSAGES.get(restriction, "This session cannot do that yet."))
     return await handler(request)
 
