@@ -1,14 +1,18 @@
 """Events auth-service consumes over the real broker: SecureMail purchases mark users paid,
-2-step codes sent and checked land in the audit trail; a redelivered event changes nothing."""
+2-step codes sent and checked and the gateway's session ends land in the audit trail; a
+redelivered event changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 
 from msp_auth.config import AuthSettings
 from msp_shared.bus import Bus
-from msp_shared.events import SecureMailGranted, SecureMailRevoked, VerifyCodeChecked, VerifyCodeSent, make_envelope
+from msp_shared.events import (
+    SecureMailGranted, SecureMailRevoked, SessionEnded, VerifyCodeChecked, VerifyCodeSent, make_envelope,
+)
 
 from auth_kit import Auth
 
@@ -55,5 +59,31 @@ async def test_purchases_and_codes_from_other_services(auth: Auth, auth_settings
         assert len(await auth.audit("securemail_granted")) == 1
         checked = (await auth.audit("verification_code_checked"))[0]
         assert (checked["outcome"], checked["subject_id"]) == ("wrong_code", user["id"])
+    finally:
+        await bus.close()
+
+
+async def test_session_ends_from_the_gateway_are_audited(auth: Auth, auth_settings: AuthSettings) -> None:
+    practice = await auth.make_practice()
+    user = await auth.make_user("leaving@example.org", practice=practice)
+    bus = Bus(auth_settings.amqp_url, auth_settings.bus_exchange, service="gateway-test", retry_delay_ms=50)
+    await bus.connect()
+    try:
+        logout = make_envelope(SessionEnded(user_id=user["id"], session_id=uuid.uuid4(), reason="logout", ip="203.0.113.9"))
+        await bus.publish(logout)
+        await bus.publish(logout)  # delivered twice: one row
+        await bus.publish(make_envelope(SessionEnded(user_id=user["id"], session_id=uuid.uuid4(), reason="idle")))
+
+        async def both() -> bool:
+            return bool(await auth.audit("logout")) and bool(await auth.audit("session_expired"))
+
+        await eventually(both, "logout and expiry audited")
+        [out] = await auth.audit("logout")
+        assert (out["actor_id"], out["subject_id"], out["practice_id"]) == (user["id"], user["id"], practice["id"])
+        assert str(out["ip"]) == "203.0.113.9" and json.loads(out["details"])["reason"] == "logout"
+        [expired] = await auth.audit("session_expired")
+        # the clock ended it, not a person: no actor, no address
+        assert (expired["actor_id"], expired["subject_id"], expired["ip"]) == (None, user["id"], None)
+        assert json.loads(expired["details"])["reason"] == "idle"
     finally:
         await bus.close()

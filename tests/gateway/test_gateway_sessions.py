@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from datetime import datetime, timezone
 
 import asyncpg
@@ -22,6 +23,14 @@ async def _rows(database_url: str, sql: str, *args):
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+async def _ended(database_url: str) -> list[tuple[str, str, str | None]]:
+    """The session ends the gateway announced (its outbox): (reason, user id, ip)."""
+    rows = await _rows(database_url, "SELECT envelope FROM gateway.outbox WHERE type = 'gateway.session.ended'"
+                                     " ORDER BY created_at, id")
+    data = [json.loads(r["envelope"])["data"] for r in rows]
+    return [(d["reason"], d["user_id"], d["ip"]) for d in data]
 
 
 async def test_login_creates_a_server_side_session_with_an_opaque_cookie(browser, database_url, upstream):
@@ -104,7 +113,7 @@ async def test_activity_seen_by_one_replica_keeps_the_session_alive_on_another(m
     assert (await on_second.get_json("/api/v1/me"))[0] == 401
 
 
-async def test_absolute_lifetime_ends_even_an_active_session(make_gateway, browsers, clock):
+async def test_absolute_lifetime_ends_even_an_active_session(make_gateway, browsers, clock, database_url):
     gateway = await make_gateway(session_absolute_hours=1)
     browser = browsers(gateway.url)
     assert (await browser.login()).status == 200
@@ -114,6 +123,7 @@ async def test_absolute_lifetime_ends_even_an_active_session(make_gateway, brows
     clock.advance(minutes=10)  # 60 minutes after login, 10 after the last request
     status, body, _ = await browser.get_json("/api/v1/me")
     assert status == 401 and body["error"] == "session_expired"
+    assert [reason for reason, _, _ in await _ended(database_url)] == ["absolute"]
 
 
 async def test_logout_ends_the_session_and_the_old_cookie_is_worthless(browser, browsers, gateway, database_url):
@@ -124,13 +134,16 @@ async def test_logout_ends_the_session_and_the_old_cookie_is_worthless(browser, 
     status, _, resp = await browser.send("DELETE", "/api/v1/session")
     assert status == 204 and resp.cookies["msp_session"].value == ""
     assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
+    # the end is announced for the audit trail, with who and from where
+    assert await _ended(database_url) == [("logout", str(ALICE), "127.0.0.1")]
 
     replay = browsers(gateway.url)
     replay.http.cookie_jar.update_cookies({"msp_session": stolen}, gateway.server.make_url("/"))
     status, body, _ = await replay.get_json("/api/v1/me")
     assert status == 401 and body["error"] == "session_expired"
-    # logout again is harmless
+    # logout again is harmless, and announces nothing more
     assert (await replay.send("DELETE", "/api/v1/session", csrf=False))[0] == 204
+    assert len(await _ended(database_url)) == 1
 
 
 async def test_a_stale_session_is_read_once_for_all_requests_waiting_on_it(browser, gateway, clock, monkeypatch):
@@ -155,7 +168,7 @@ async def test_a_read_racing_a_logout_is_neither_shared_nor_cached(browser, gate
     sessions._cache.clear()
     racing = asyncio.ensure_future(sessions.resolve(cookie, clock.now()))
     await asyncio.sleep(0)  # its database read is in flight
-    await sessions.end_cookie(cookie)
+    await sessions.end_cookie(cookie, reason="logout")
     assert await sessions.resolve(cookie, clock.now()) == (None, "unknown")
     await racing
 
@@ -167,6 +180,7 @@ async def test_a_new_login_rotates_the_previous_session(browser, database_url):
     assert browser.cookie() != first
     rows = await _rows(database_url, "SELECT user_id FROM gateway.sessions")
     assert [r["user_id"] for r in rows] == [BOB]
+    assert await _ended(database_url) == [("replaced", str(ALICE), "127.0.0.1")]
 
 
 async def test_any_grant_from_auth_signs_the_user_in(browser):
@@ -236,3 +250,17 @@ async def test_expired_sessions_are_purged_from_the_database(gateway, browsers, 
     await gateway.app[GATEWAY].sessions.purge(clock.now())
     rows = await _rows(database_url, "SELECT user_id FROM gateway.sessions")
     assert [r["user_id"] for r in rows] == [BOB]
+    # a session nobody came back to is announced as ended when it is purged
+    assert await _ended(database_url) == [("idle", str(ALICE), None)]
+
+
+async def test_a_purge_backlog_goes_in_batches_each_end_announced_once(gateway, clock, database_url, monkeypatch):
+    sessions = gateway.app[GATEWAY].sessions
+    monkeypatch.setattr(store, "PURGE_BATCH", 2)
+    for _ in range(5):
+        await sessions.create({"user_id": str(ALICE), "roles": ["member"]}, clock.now(), client_ip=None, user_agent=None)
+    clock.advance(minutes=40)
+    assert await sessions.purge(clock.now()) == 5
+    assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
+    assert await _ended(database_url) == [("idle", str(ALICE), None)] * 5
+    assert await sessions.purge(clock.now()) == 0

@@ -672,5 +672,20 @@ async def test_thirty_minutes_idle_signs_out_activity_keeps_the_session(stack: S
     assert status == 200 and b.csrf is not None, body
     status, body, _ = await b.call("PATCH", "/me", json={"first_name": "Forged"}, headers={"X-CSRF-Token": "0" * 64})
     assert status == 403 and body["error"] == "csrf_failed"
+    assert (await b.call("DELETE", "/session"))[0] == 204
+    # Both ends reach the audit trail Support reads (gateway outbox -> broker -> auth-service):
+    # the clock's, with no actor, and the user's own sign-out.
+    await support.close()
+    support = await support_browser(stack)  # the first one's session has long gone idle too
+
+    async def session_ends() -> list[tuple[str, Any, str]] | None:
+        status, body, _ = await support.call("GET", f"/admin/audit?subject_id={user.id}")
+        assert status == 200
+        ends = [(e["action"], e["actor_id"], e["details"]["reason"]) for e in body["entries"]
+                if e["action"] in ("session_expired", "logout")]
+        return ends if len(ends) == 2 else None
+
+    ends = await eventually(session_ends, what="both session ends audited")
+    assert sorted(ends) == [("logout", user.id, "logout"), ("session_expired", None, "idle")]
     await support.close()
     await b.close()

@@ -4,7 +4,9 @@ nothing):
 - billing.securemail.granted / revoked -> users.securemail_paid (the "paid" column of
   Manage Users), and an audit row (a purchase is a security event);
 - verify.code.sent / verify.code.checked -> audit rows, so the one audit trail Support reads
-  shows 2-step codes sent and checked (ids, purpose, channel, outcome; never code or number)."""
+  shows 2-step codes sent and checked (ids, purpose, channel, outcome; never code or number);
+- gateway.session.ended -> an audit row: "logout" when the user ended the session (signing out,
+  or signing in again over it), "session_expired" when the idle or absolute limit did."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,13 +14,16 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from msp_shared.events import Envelope, SecureMailGranted, SecureMailRevoked, VerifyCodeChecked, VerifyCodeSent
+from msp_shared.events import (
+    Envelope, SecureMailGranted, SecureMailRevoked, SessionEnded, VerifyCodeChecked, VerifyCodeSent,
+)
 from msp_shared.inbox import idempotent
 from msp_shared.web import POOL
 
 from . import store
 
 GROUP = "auth"
+USER_ENDED = frozenset({"logout", "replaced"})  # the other reasons are the clock's
 
 
 async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
@@ -45,8 +50,16 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
             conn, at=at, action="verification_code_checked", outcome=data.outcome, actor_id=data.user_id,
             subject_id=data.user_id, details={"purpose": data.purpose, "verification_id": str(data.verification_id)},
         )
+    elif isinstance(data, SessionEnded):
+        by_user = data.reason in USER_ENDED
+        user = await store.get_user(conn, data.user_id)
+        await store.audit(
+            conn, at=at, action="logout" if by_user else "session_expired", actor_id=data.user_id if by_user else None,
+            subject_id=data.user_id, practice_id=user["practice_id"] if user else None, ip=data.ip,
+            details={"reason": data.reason, "session_id": str(data.session_id)},
+        )
 
 
 def subscribe(app: web.Application, bus: Any) -> None:
-    types = [SecureMailGranted.TYPE, SecureMailRevoked.TYPE, VerifyCodeSent.TYPE, VerifyCodeChecked.TYPE]
+    types = [SecureMailGranted.TYPE, SecureMailRevoked.TYPE, VerifyCodeSent.TYPE, VerifyCodeChecked.TYPE, SessionEnded.TYPE]
     bus.subscribe(GROUP, types, idempotent(app[POOL], GROUP, handle))

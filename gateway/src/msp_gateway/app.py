@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from msp_shared.bus import bus_ctx
+from msp_shared.outbox import outbox_relay_ctx
 from msp_shared.clock import Clock, SystemClock
 from msp_shared.web import POOL, service_app
 
@@ -70,6 +71,7 @@ def create_app(settings: GatewaySettings | None = None, *, clock: Clock | None =
     )
     app.cleanup_ctx.append(_gateway_ctx)
     app.cleanup_ctx.append(bus_ctx(subscribe=events.subscribe))
+    app.cleanup_ctx.append(outbox_relay_ctx)  # session ends, for auth-service's audit trail
     add_routes(app)
     return app
 

@@ -275,7 +275,7 @@ async def delete_session(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     assert gw.sessions is not None
     if request[SESSION] is not None:
-        await gw.sessions.end_cookie(request[COOKIE])
+        await gw.sessions.end_cookie(request[COOKIE], reason="logout", ip=request[CLIENT_IP])
     request[CLEAR_COOKIE] = True
     return web.Response(status=204)
 
@@ -285,7 +285,7 @@ async def _sign_in(request: web.Request, gw: Gateway, status: int, data: dict[st
     previous session, create the new one, answer without the grant, set the cookie."""
     assert gw.sessions is not None
     if request[SESSION] is not None:
-        await gw.sessions.end_cookie(request[COOKIE])
+        await gw.sessions.end_cookie(request[COOKIE], reason="replaced", ip=request[CLIENT_IP])
     try:
         cookie, session = await gw.sessions.create(
             data["grant"], gw.clock.now(), client_ip=request[CLIENT_IP], user_agent=request.headers.get("User-Agent")

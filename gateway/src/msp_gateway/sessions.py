@@ -80,7 +80,7 @@ class SessionManager:
                 self._cache[key] = session
         why = ended(self._policy, created_at=session.row.created_at, last_seen_at=session.last_seen_at, now=now)
         if why:
-            await self.end(key)
+            await self.end(key, reason=why)
             return None, why
         if now > session.last_seen_at:
             session.last_seen_at = now
@@ -138,13 +138,15 @@ class SessionManager:
         self._cache[row.token_hash] = session
         return cookie_value, session
 
-    async def end(self, key: bytes) -> None:
+    async def end(self, key: bytes, *, reason: str, ip: str | None = None) -> None:
+        """End a session; `reason` ("logout", "replaced", "idle", "absolute") goes to the audit
+        trail with the client's address when a request ended it."""
         self._cache.pop(key, None)
         self._generation += 1  # a read racing the logout is neither joined nor cached
-        await store.delete_session(self._pool, key)
+        await store.end_session(self._pool, key, reason=reason, ip=ip)
 
-    async def end_cookie(self, cookie_value: str) -> None:
-        await self.end(token_hash(cookie_value))
+    async def end_cookie(self, cookie_value: str, *, reason: str, ip: str | None = None) -> None:
+        await self.end(token_hash(cookie_value), reason=reason, ip=ip)
 
     async def revoke_user(self, user_id: uuid.UUID, *, created_before: datetime) -> int:
         """End every session of a user that existed at `created_before` (real time, the

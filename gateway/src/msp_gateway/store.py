@@ -8,6 +8,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from msp_shared import outbox
+from msp_shared.events import SessionEnded
+
 from .ratelimit import retry_after
 
 
@@ -64,8 +67,15 @@ async def touch_session(pool: asyncpg.Pool, token_hash: bytes, at: datetime) -> 
     return status != "UPDATE 0"
 
 
-async def delete_session(pool: asyncpg.Pool, token_hash: bytes) -> None:
-    await pool.execute("DELETE FROM sessions WHERE token_hash = $1", token_hash)
+async def end_session(pool: asyncpg.Pool, token_hash: bytes, *, reason: str, ip: str | None) -> bool:
+    """Delete the row and announce the end (for the audit trail) in one transaction; False
+    when there was no such row (already ended: nothing to announce)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("DELETE FROM sessions WHERE token_hash = $1 RETURNING id, user_id", token_hash)
+        if row is None:
+            return False
+        await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason, ip=ip))
+        return True
 
 
 async def delete_user_sessions(pool: asyncpg.Pool, user_id: uuid.UUID, *, created_before: datetime) -> int:
@@ -77,11 +87,29 @@ async def delete_user_sessions(pool: asyncpg.Pool, user_id: uuid.UUID, *, create
     return int(status.split()[-1])
 
 
+PURGE_BATCH = 1000
+
+
 async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_cutoff: datetime) -> int:
-    status = await pool.execute(
-        "DELETE FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2", idle_cutoff, absolute_cutoff
-    )
-    return int(status.split()[-1])
+    """Delete the sessions past either limit, each end announced in the same transaction (a
+    session nobody came back to ends here, not at a request). In batches, so that a backlog
+    (after an outage) makes many short transactions, and replicas purging at once share it."""
+    purged = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "DELETE FROM sessions WHERE token_hash IN ("
+                " SELECT token_hash FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2"
+                " LIMIT $3 FOR UPDATE SKIP LOCKED"
+                ") RETURNING id, user_id, created_at",
+                idle_cutoff, absolute_cutoff, PURGE_BATCH,
+            )
+            for row in rows:
+                reason = "absolute" if row["created_at"] <= absolute_cutoff else "idle"
+                await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason))
+        purged += len(rows)
+        if len(rows) < PURGE_BATCH:
+            return purged
 
 
 class PostgresRateStore:

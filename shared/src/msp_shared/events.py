@@ -123,6 +123,19 @@ class SessionsRevoked(EventData):
 
 
 @event
+class SessionEnded(EventData):
+    """gateway: a session ended by its user (logout, or signing in again over it) or by the
+    clock (idle or absolute limit), for the audit trail. Ids only. Sessions ended by a
+    revocation are not announced: auth-service audits the cause itself."""
+
+    TYPE = "gateway.session.ended"
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    reason: str  # "logout", "replaced", "idle" or "absolute"
+    ip: str | None = None  # the client's address, when a request ended it
+
+
+@event
 class UserRegistered(EventData):
     TYPE = "auth.user.registered"
     user_id: uuid.UUID
