@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 
 from msp_auth.config import AuthSettings
@@ -72,7 +73,9 @@ async def test_session_ends_from_the_gateway_are_audited(auth: Auth, auth_settin
         logout = make_envelope(SessionEnded(user_id=user["id"], session_id=uuid.uuid4(), reason="logout", ip="203.0.113.9"))
         await bus.publish(logout)
         await bus.publish(logout)  # delivered twice: one row
-        await bus.publish(make_envelope(SessionEnded(user_id=user["id"], session_id=uuid.uuid4(), reason="idle")))
+        idle_since = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+        await bus.publish(make_envelope(SessionEnded(user_id=user["id"], session_id=uuid.uuid4(), reason="idle",
+                                                     last_seen_at=idle_since)))
 
         async def both() -> bool:
             return bool(await auth.audit("logout")) and bool(await auth.audit("session_expired"))
@@ -84,6 +87,7 @@ async def test_session_ends_from_the_gateway_are_audited(auth: Auth, auth_settin
         [expired] = await auth.audit("session_expired")
         # the clock ended it, not a person: no actor, no address
         assert (expired["actor_id"], expired["subject_id"], expired["ip"]) == (None, user["id"], None)
-        assert json.loads(expired["details"])["reason"] == "idle"
+        details = json.loads(expired["details"])
+        assert details["reason"] == "idle" and datetime.fromisoformat(details["last_seen_at"]) == idle_since
     finally:
         await bus.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
@@ -250,8 +250,11 @@ async def test_expired_sessions_are_purged_from_the_database(gateway, browsers, 
     await gateway.app[GATEWAY].sessions.purge(clock.now())
     rows = await _rows(database_url, "SELECT user_id FROM gateway.sessions")
     assert [r["user_id"] for r in rows] == [BOB]
-    # a session nobody came back to is announced as ended when it is purged
+    # a session nobody came back to is announced as ended when it is purged, with its last activity
     assert await _ended(database_url) == [("idle", str(ALICE), None)]
+    [envelope] = await _rows(database_url, "SELECT envelope FROM gateway.outbox WHERE type = 'gateway.session.ended'")
+    last_seen = datetime.fromisoformat(json.loads(envelope["envelope"])["data"]["last_seen_at"])
+    assert last_seen == clock.now() - timedelta(minutes=32)
 
 
 async def test_a_purge_backlog_goes_in_batches_each_end_announced_once(gateway, clock, database_url, monkeypatch):

@@ -56,7 +56,8 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         await store.audit(
             conn, at=at, action="logout" if by_user else "session_expired", actor_id=data.user_id if by_user else None,
             subject_id=data.user_id, practice_id=user["practice_id"] if user else None, ip=data.ip,
-            details={"reason": data.reason, "session_id": str(data.session_id)},
+            details={"reason": data.reason, "session_id": str(data.session_id),
+                     "last_seen_at": data.last_seen_at.isoformat() if data.last_seen_at else None},
         )
 
 

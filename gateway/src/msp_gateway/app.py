@@ -15,8 +15,8 @@ import aiohttp
 from aiohttp import web
 
 from msp_shared.bus import bus_ctx
-from msp_shared.outbox import outbox_relay_ctx
 from msp_shared.clock import Clock, SystemClock
+from msp_shared.outbox import outbox_relay_ctx
 from msp_shared.web import POOL, service_app
 
 from . import csrf, events, ratelimit

@@ -71,10 +71,13 @@ async def end_session(pool: asyncpg.Pool, token_hash: bytes, *, reason: str, ip:
     """Delete the row and announce the end (for the audit trail) in one transaction; False
     when there was no such row (already ended: nothing to announce)."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("DELETE FROM sessions WHERE token_hash = $1 RETURNING id, user_id", token_hash)
+        row = await conn.fetchrow(
+            "DELETE FROM sessions WHERE token_hash = $1 RETURNING id, user_id, last_seen_at", token_hash
+        )
         if row is None:
             return False
-        await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason, ip=ip))
+        await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason, ip=ip,
+                                            last_seen_at=row["last_seen_at"]))
         return True
 
 
@@ -101,12 +104,13 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_c
                 "DELETE FROM sessions WHERE token_hash IN ("
                 " SELECT token_hash FROM sessions WHERE last_seen_at <= $1 OR created_at <= $2"
                 " LIMIT $3 FOR UPDATE SKIP LOCKED"
-                ") RETURNING id, user_id, created_at",
+                ") RETURNING id, user_id, created_at, last_seen_at",
                 idle_cutoff, absolute_cutoff, PURGE_BATCH,
             )
             for row in rows:
                 reason = "absolute" if row["created_at"] <= absolute_cutoff else "idle"
-                await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason))
+                await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason,
+                                                    last_seen_at=row["last_seen_at"]))
         purged += len(rows)
         if len(rows) < PURGE_BATCH:
             return purged

@@ -125,14 +125,15 @@ class SessionsRevoked(EventData):
 @event
 class SessionEnded(EventData):
     """gateway: a session ended by its user (logout, or signing in again over it) or by the
-    clock (idle or absolute limit), for the audit trail. Ids only. Sessions ended by a
-    revocation are not announced: auth-service audits the cause itself."""
+    clock (idle or absolute limit), for the audit trail: ids, times and the client's address.
+    Sessions ended by a revocation are not announced: auth-service audits the cause itself."""
 
     TYPE = "gateway.session.ended"
     user_id: uuid.UUID
     session_id: uuid.UUID
     reason: str  # "logout", "replaced", "idle" or "absolute"
     ip: str | None = None  # the client's address, when a request ended it
+    last_seen_at: datetime | None = None  # the last activity recorded (written every few minutes)
 
 
 @event
