@@ -73,3 +73,30 @@ async def test_parallel_multi_key_hits_in_any_order_are_exact_and_never_deadlock
     finally:
         for p in pools:
             await p.close()
+
+
+async def test_only_soft_state_commits_skip_the_disk_wait(database_url: str) -> None:
+    """Rate-limit hits and new sessions commit asynchronously (migration 0004); the setting is
+    local to their own transaction, so a logout or revocation run next on the same connection
+    still waits for the disk."""
+    import uuid
+
+    await migrate(database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(database_url, SCHEMA, min_size=1, max_size=1)  # one connection: any leak would show
+    try:
+        now = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            async with conn.transaction():
+                await conn.fetchval("SELECT rate_hits($1, $2, $3, $4)", ["k"], [5], now - WINDOW, now)
+                assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            async with conn.transaction():
+                await conn.fetchval("SELECT insert_session($1, $2, $3, NULL, '{}', NULL, $4, $4, NULL, NULL)",
+                                    b"h", uuid.uuid4(), uuid.uuid4(), now)
+                assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            assert await conn.fetchval("SELECT count(*) FROM sessions") == 1
+        # as the store runs them, each its own transaction: nothing is left behind on the connection
+        await PostgresRateStore(pool).hit("k", limit=5, window=WINDOW, now=now)
+        assert await pool.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await pool.close()

@@ -45,10 +45,10 @@ def _row(record: asyncpg.Record) -> SessionRow:
 
 
 async def insert_session(pool: asyncpg.Pool, row: SessionRow, *, client_ip: str | None, user_agent: str | None) -> datetime:
-    """Store a new session; returns its created_wall."""
+    """Store a new session; returns its created_wall. An asynchronous commit (migration 0004:
+    a crash may sign out the sessions of its last moments, nothing worse)."""
     return await pool.fetchval(
-        f"INSERT INTO sessions ({_COLUMNS}, client_ip, user_agent) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
-        " RETURNING created_wall",
+        "SELECT insert_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         row.token_hash, row.id, row.user_id, row.practice_id, list(row.roles), row.restriction,
         row.created_at, row.last_seen_at, client_ip, (user_agent or "")[:200] or None,
     )
@@ -118,8 +118,9 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_c
 
 class PostgresRateStore:
     """Sliding-window log in PostgreSQL, shared by replicas. One statement per request, however
-    many keys it counts: the rate_hits() function (migration 0003) takes an advisory lock per
-    key, so count-then-insert is exact under concurrency."""
+    many keys it counts: the rate_hits() function (migrations 0003, 0004) takes an advisory lock
+    per key, so count-then-insert is exact under concurrency; its commit is asynchronous (a
+    crash may forget the hits of its last moments)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
