@@ -13,9 +13,14 @@ from moto.server import ThreadedMotoServer
 from msp_mail.attachment_rules import AttachmentBudget
 from msp_mail.attachments import AttachmentRefused, StoredAttachment, read_decrypted, store_encrypted
 from msp_mail.blobstore import DiskBlobStore, S3BlobStore
-from msp_mail.crypto import CHUNK_SIZE, MasterKeys, TamperedError
+from msp_mail.crypto import CHUNK_SIZE, MasterKeys, TamperedError, digest_matches
 
 KEYS = MasterKeys.parse("k1:" + __import__("base64").b64encode(os.urandom(32)).decode())
+
+
+def records_sha256_of(att: StoredAttachment, data: bytes) -> bool:
+    """The recorded digest is this data's SHA-256, as the file's data key opens it."""
+    return digest_matches(KEYS.unwrap(att.wrapped_key, att.file_id), att.file_id, att.sha256, hashlib.sha256(data).digest())
 
 
 async def _stream(data: bytes, piece: int = 10_000) -> AsyncIterator[bytes]:
@@ -61,7 +66,7 @@ async def store(request, tmp_path: Path):  # noqa: ANN001
 async def test_round_trip_is_byte_identical(store, size: int) -> None:  # noqa: ANN001
     name, data = ("scan.pdf", b"%PDF-" + os.urandom(size - 5)) if size >= 5 else ("note.txt", b"x" * size)
     att = await store_encrypted(store, KEYS, f"f{size}", name, _stream(data), AttachmentBudget())
-    assert att.size == len(data) and att.sha256 == hashlib.sha256(data).hexdigest()
+    assert att.size == len(data) and records_sha256_of(att, data)
     assert await _read(store, att) == data
 
 
@@ -158,6 +163,34 @@ async def test_a_recorded_sha256_that_does_not_match_is_refused_on_a_full_read(t
     assert await _read(store, wrong, 0, 100) == data[:100]  # a range read is checked chunk by chunk only
 
 
+async def test_the_recorded_sha256_confirms_no_guess_without_the_data_key(tmp_path: Path) -> None:
+    """A database reader who guesses the content cannot check the guess: the recorded digest
+    is sealed under the file's own data key, differs for the same content stored twice, and
+    opens for nothing but that file's key and id."""
+    store = DiskBlobStore(tmp_path)
+    data = b"%PDF-" + b"a well-known consent form" * 1000
+    one = await store_encrypted(store, KEYS, "g1", "form.pdf", _stream(data), AttachmentBudget())
+    two = await store_encrypted(store, KEYS, "g2", "form.pdf", _stream(data), AttachmentBudget())
+    guess = hashlib.sha256(data)
+    for att in (one, two):
+        assert guess.hexdigest() not in att.sha256 and guess.digest().hex() not in att.sha256
+        assert records_sha256_of(att, data) and not records_sha256_of(att, data + b"!")
+    assert one.sha256 != two.sha256
+    key_of_one = KEYS.unwrap(one.wrapped_key, one.file_id)
+    assert not digest_matches(key_of_one, two.file_id, two.sha256, guess.digest())  # another file's key
+    assert not digest_matches(key_of_one, "g9", one.sha256, guess.digest())  # moved to another file id
+    assert not digest_matches(key_of_one, one.file_id, "sealed:not-base64!", guess.digest())
+    assert await _read(store, one) == data
+
+
+async def test_a_digest_recorded_in_plain_hex_before_sealing_still_verifies(tmp_path: Path) -> None:
+    store = DiskBlobStore(tmp_path)
+    data = b"%PDF-" + os.urandom(CHUNK_SIZE + 7)
+    att = await store_encrypted(store, KEYS, "o1", "x.pdf", _stream(data), AttachmentBudget())
+    legacy = StoredAttachment(att.file_id, att.size, hashlib.sha256(data).hexdigest(), att.wrapped_key)
+    assert await _read(store, legacy) == data
+
+
 # The sealed stream itself catches rearrangements, before the recorded SHA-256 is compared.
 SEALED = CHUNK_SIZE + 28
 
@@ -212,7 +245,7 @@ async def test_whole_chunks_across_several_seal_batches(tmp_path: Path, piece: i
     store = DiskBlobStore(tmp_path)
     data = b"%PDF-" + os.urandom(3 * SEAL_BATCH - 5)
     att = await store_encrypted(store, KEYS, "w1", "x.pdf", _stream(data, piece), AttachmentBudget())
-    assert att.size == len(data) and att.sha256 == hashlib.sha256(data).hexdigest()
+    assert att.size == len(data) and records_sha256_of(att, data)
     assert (tmp_path / "w1").stat().st_size == sealed_size(len(data))
     assert await _read(store, att) == data
     assert await _read(store, att, len(data) - CHUNK_SIZE - 1) == data[-CHUNK_SIZE - 1 :]

@@ -1,6 +1,6 @@
 """Encrypted attachment storage on top of a BlobStore: streams plaintext in, sealed chunks
-out, with the SHA-256 of the plaintext recorded and checked on every full read, and
-random-access decryption for HTTP Range requests."""
+out, with the SHA-256 of the plaintext recorded (sealed under the file's data key) and
+checked on every full read, and random-access decryption for HTTP Range requests."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .attachment_rules import SNIFF_BYTES, AttachmentBudget, Refusal, check_content
 from .blobstore import BlobStore
-from .crypto import CHUNK_SIZE, SEALED_CHUNK_SIZE, MasterKeys, TamperedError, chunk_count, new_data_key, open_chunk, seal_chunks
+from .crypto import (
+    CHUNK_SIZE, SEALED_CHUNK_SIZE, MasterKeys, TamperedError, chunk_count, digest_matches, new_data_key, open_chunk,
+    seal_chunks, seal_digest,
+)
 
 
 class AttachmentRefused(Exception):
@@ -24,7 +27,7 @@ class AttachmentRefused(Exception):
 class StoredAttachment:
     file_id: str
     size: int
-    sha256: str
+    sha256: str  # of the plaintext, sealed under the data key (crypto.seal_digest)
     wrapped_key: str
 
 
@@ -93,7 +96,7 @@ async def store_encrypted(
         yield last
 
     await store.put(file_id, sealed_batches())
-    return StoredAttachment(file_id, size, digest.hexdigest(), keys.wrap(data_key, file_id))
+    return StoredAttachment(file_id, size, seal_digest(aead, file_id, digest.digest()), keys.wrap(data_key, file_id))
 
 
 def _refuse(refusal: Refusal | None) -> None:
@@ -123,7 +126,7 @@ async def read_decrypted(
             del buffer[:need]
             if digest is not None:
                 digest.update(plain)
-                if index == final and digest.hexdigest() != att.sha256:
+                if index == final and not digest_matches(data_key, att.file_id, att.sha256, digest.digest()):
                     raise TamperedError("checksum mismatch")
             lo = start - index * CHUNK_SIZE if index == first else 0
             hi = end - index * CHUNK_SIZE if index == final else len(plain)

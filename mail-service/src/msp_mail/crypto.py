@@ -7,10 +7,15 @@ files without failing authentication. The data key is stored wrapped by a master
 by a key id, so master keys rotate by re-wrapping data keys, without rewriting files.
 Destroying the wrapped key (message expiry) leaves the file unreadable forever.
 
+The SHA-256 of the plaintext is recorded sealed under the same data key: a database reader
+who guesses a file's content (a known form, a published image) cannot confirm the guess by
+hashing it, and expiry makes the digest unreadable with the file.
+
 Pure byte functions: no file or network I/O here."""
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import struct
 from dataclasses import dataclass
@@ -61,6 +66,28 @@ def seal_chunks(aead: AESGCM, file_id: str, first_index: int, plaintext: memoryv
         aead.encrypt_into(nonce, piece, _aad(file_id, first_index + i, last and i == count - 1), target[pos + NONCE_SIZE : end])
         pos = end
     return out
+
+
+SEALED_DIGEST = "sealed:"  # prefix of a recorded digest sealed under the data key
+
+
+def seal_digest(aead: AESGCM, file_id: str, digest: bytes) -> str:
+    """The plaintext's SHA-256 as recorded: sealed under the file's data key."""
+    nonce = os.urandom(NONCE_SIZE)
+    return SEALED_DIGEST + base64.b64encode(nonce + aead.encrypt(nonce, digest, b"sha256:" + file_id.encode())).decode()
+
+
+def digest_matches(data_key: bytes, file_id: str, recorded: str, digest: bytes) -> bool:
+    """Whether the recorded digest is this one. Digests recorded before they were sealed are
+    plain hex, compared as such; a sealed one that fails authentication matches nothing."""
+    if not recorded.startswith(SEALED_DIGEST):
+        return hmac.compare_digest(recorded, digest.hex())
+    try:
+        raw = base64.b64decode(recorded[len(SEALED_DIGEST):], validate=True)
+        opened = AESGCM(data_key).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], b"sha256:" + file_id.encode())
+    except (ValueError, InvalidTag):
+        return False
+    return hmac.compare_digest(opened, digest)
 
 
 def open_chunk(data_key: bytes, file_id: str, index: int, sealed: bytes, *, last: bool) -> bytes:
