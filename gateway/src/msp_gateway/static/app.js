@@ -46,7 +46,7 @@ function page(title, ...children) {
 // A message for the next page: shown after the route changes, then cleared by the one after.
 let pendingFlash = null;
 function go(hash, message) {
-  if (location.hash === hash) { say(message || ""); route(); return; }
+  if (location.hash === hash) { pendingFlash = message || null; route(); return; }  // route() shows it
   pendingFlash = message || null;
   location.hash = hash;
 }
@@ -497,17 +497,18 @@ async function viewProfile() {
     manager ? h("p", {}, h("a", { href: "#/invoices" }, "SecureMail payments and invoices")) : null);
 }
 
+function userStatus(u) {
+  if (u.locked) return h("span", { class: "badge bad" }, "Locked");
+  if (u.status === "verified") return h("span", { class: "badge good" }, "Registered");
+  if (u.status === "registered_unverified") return h("span", { class: "badge" }, "Registered, phone not verified");
+  return h("span", { class: "badge" }, "Invited, not registered");
+}
+
 async function viewUsers() {
   const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
   let users;
   try { users = (await api("GET", "/practice/users")).users; } catch (ex) { showError(err, ex); pageFor(seq, "Manage Users", err); return; }
-  const statusBadge = (u) => {
-    if (u.locked) return h("span", { class: "badge bad" }, "Locked");
-    if (u.status === "verified") return h("span", { class: "badge good" }, "Registered");
-    if (u.status === "registered_unverified") return h("span", { class: "badge" }, "Registered, phone not verified");
-    return h("span", { class: "badge" }, "Invited, not registered");
-  };
   const act = (fn, okText) => async () => {
     err.hidden = true;
     try { await fn(); await viewUsers(); say(okText); } catch (ex) { showError(err, ex); err.focus(); }
@@ -517,7 +518,7 @@ async function viewUsers() {
     return h("tr", {},
       cell("User", h("strong", {}, name), h("br"), h("span", { class: "hint" }, u.email),
         u.securemail_paid ? h("span", { class: "badge good" }, "SecureMail") : null),
-      cell("Status", statusBadge(u)),
+      cell("Status", userStatus(u)),
       cell("2-Step", h("label", { class: "check" },
         h("input", { type: "checkbox", checked: !!u.two_step_required, disabled: !u.own_practice,
                      "aria-label": `2-Step Verification for ${u.email}`,
@@ -824,6 +825,244 @@ async function viewInvoices() {
       h("tbody", {}, rows))) : h("p", { class: "hint" }, "No invoices yet."), err);
 }
 
+// ---- Support (PBHS staff): practices, their users, the audit trail --------------------------------------
+// auth-service decides on every call (403 for anyone but Support): the pages show its answer.
+// Suggestions for the action filter (the trail is not limited to them).
+const AUDIT_ACTIONS = ("login logout session_expired account_locked account_unlocked password_change password_changed password_reset " +
+  "password_reset_requested password_expiry_warning invitation_sent invited_user_edited registration phone_verified " +
+  "verification_ticket_issued verification_code_sent verification_code_checked two_step_changed role_granted role_revoked " +
+  "practice_opened practice_updated email_change_requested profile_email_changed profile_phone_changed securemail_granted " +
+  "securemail_revoked support_account_seeded").split(" ");
+
+// "?a=1&b=2" from the values that are set ("" when none is).
+function qs(values) {
+  const q = new URLSearchParams(Object.entries(values).filter(([, v]) => v !== null && v !== undefined && v !== ""));
+  return q.toString() ? "?" + q : "";
+}
+
+// The named controls of a form or fieldset, trimmed (checkboxes as true/false).
+function values(box) {
+  return Object.fromEntries([...box.elements].filter((e) => e.name).map((e) => [e.name, e.type === "checkbox" ? e.checked : e.value.trim()]));
+}
+
+function supportNav() {
+  const here = location.hash.split("?")[0];
+  return h("nav", { class: "subnav", "aria-label": "Support" },
+    [["#/support", "Practices"], ["#/support/new-practice", "Open a new practice"], ["#/support/users", "Find users"], ["#/support/audit", "Audit trail"]]
+      .map(([href, text]) => h("a", { href, "aria-current": href === here ? "page" : null }, text)));
+}
+
+// A Support page whose data did not load: the API's reason, alone when it is a refusal (403).
+function supportFailed(seq, title, ex, ...rest) {
+  const err = errorBox();
+  showError(err, ex);
+  pageFor(seq, title, ex.status === 403 ? null : [supportNav(), ...rest], err);
+}
+
+// A search form whose values go into the page's address (so reload and Back keep them).
+function filterForm(path, params, fields, button, ...extra) {
+  const form = h("form", { class: "filters", role: "search", "aria-label": button, onsubmit: (e) => { e.preventDefault(); go(path + qs(values(form))); } },
+    fields.map(([label, name, attrs, hint]) => field(label, { name, value: params.get(name) || "", ...attrs }, hint)),
+    ...extra, h("div", { class: "row" }, h("button", { type: "submit" }, button)));
+  return form;
+}
+
+function identifiersText(ids) {
+  return Object.entries(ids || {}).map(([k, v]) => `${k.toUpperCase()} ${v}`).join(", ");
+}
+
+function practiceFields(p = {}) {
+  const ids = p.identifiers || {};
+  const others = identifiersText(Object.fromEntries(Object.entries(ids).filter(([k]) => k !== "ada" && k !== "npi")));
+  return [field("Practice name", { name: "name", required: true, maxlength: 200, value: p.name || "", autocomplete: "off" }),
+    h("div", { class: "field" }, h("label", { for: "f-address" }, "Address"), h("textarea", { id: "f-address", name: "address", class: "short", maxlength: 500 }, p.address || "")),
+    field("Practice phone", { name: "phone", type: "tel", maxlength: 40, value: p.phone || "" }),
+    field("ADA number", { name: "ada", value: ids.ada || "", autocomplete: "off" }),
+    field("NPI", { name: "npi", value: ids.npi || "", autocomplete: "off" }, others ? `Other identifiers, kept as they are: ${others}.` : null)];
+}
+
+// The API's practice fields from the form; identifiers other than ADA and NPI are kept.
+function practiceBody(v, p = {}) {
+  const identifiers = { ...(p.identifiers || {}) };
+  for (const k of ["ada", "npi"]) { if (v[k]) identifiers[k] = v[k]; else delete identifiers[k]; }
+  return { name: v.name, address: v.address, phone: v.phone, identifiers };
+}
+
+function staffFields(prefix) {
+  const f = (label, name, attrs, hint) => field(label, { id: `f-${prefix}-${name}`, name, ...attrs }, hint);
+  return [f("Email address", "email", { type: "email", required: true, maxlength: 320, autocomplete: "off" }),
+    f("First name", "first_name", { maxlength: 100, autocomplete: "off" }), f("Last name", "last_name", { maxlength: 100, autocomplete: "off" }),
+    f("Phone", "phone", { type: "tel", maxlength: 40 }, "For 2-Step Verification codes; the number must not have a dial tree."),
+    f("Cell phone", "cell_phone", { type: "tel", maxlength: 40 }),
+    h("label", { class: "check", for: `f-${prefix}-2step` }, h("input", { id: `f-${prefix}-2step`, name: "two_step_required", type: "checkbox", checked: true }),
+      "Require 2-Step Verification")];
+}
+
+function staffBody(v) {
+  const body = { email: v.email, first_name: v.first_name, last_name: v.last_name, two_step_required: v.two_step_required };
+  if (v.phone) body.phone = v.phone;
+  if (v.cell_phone) body.cell_phone = v.cell_phone;
+  return body;
+}
+
+async function viewPractices(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const search = () => filterForm("#/support", params, [["Practice name", "name", { type: "search", autocomplete: "off" },
+    "Part of the name; leave empty to list the first 100 practices."]], "Search practices");
+  let practices;
+  try { practices = (await api("GET", "/admin/practices" + qs({ name: params.get("name") }))).practices; }
+  catch (ex) { supportFailed(seq, "Practices", ex, search()); return; }
+  const rows = practices.map((p) => h("tr", {},
+    cell("Practice", h("a", { href: `#/support/practice?id=${encodeURIComponent(p.id)}` }, p.name)),
+    cell("Address", p.address || ""), cell("Phone", p.phone || ""), cell("Identifiers", identifiersText(p.identifiers))));
+  pageFor(seq, "Practices", supportNav(), search(),
+    practices.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack", id: "practices" },
+      h("thead", {}, h("tr", {}, ["Practice", "Address", "Phone", "Identifiers"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows))) : h("p", { class: "hint" }, "No practice matches."));
+}
+
+function viewNewPractice() {
+  const err = errorBox();
+  const details = h("fieldset", {}, h("legend", {}, "Practice"), practiceFields());
+  const first = h("fieldset", {}, h("legend", {}, "First user, who becomes the practice's User Manager"), staffFields("first"));
+  const form = h("form", { onsubmit: async (e) => {
+    e.preventDefault(); err.hidden = true;
+    const button = form.querySelector("button[type=submit]"); button.disabled = true;
+    try {
+      const answer = await api("POST", "/admin/practices", { ...practiceBody(values(details)), first_user: staffBody(values(first)) });
+      go(`#/support/practice?id=${encodeURIComponent(answer.practice.id)}`,
+        `The practice is open. An invitation to register has been sent to ${answer.user.email}.`);
+    } catch (ex) { showError(err, ex); } finally { button.disabled = false; }
+  } }, details, first, h("div", { class: "row" }, h("button", { type: "submit" }, "Open the practice")), err);
+  page("Open a new practice", supportNav(), h("div", { class: "card" }, form));
+}
+
+async function viewPractice(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const id = params.get("id") || "";
+  const path = `/admin/practices/${encodeURIComponent(id)}`;
+  let p, users;
+  try { ({ practice: p, users } = await api("GET", path)); } catch (ex) { supportFailed(seq, "Practice", ex); return; }
+  const err = errorBox();
+  const form = h("form", { "aria-labelledby": "details-h", onsubmit: async (e) => {
+    e.preventDefault(); err.hidden = true;
+    const body = practiceBody(values(form), p);
+    const patch = Object.fromEntries(Object.entries(body).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(p[k] ?? (k === "identifiers" ? {} : ""))));
+    if (!Object.keys(patch).length) { say("Nothing to save: no field was changed."); return; }
+    try { await api("PATCH", path, patch); await viewPractice(params); say("The practice's details have been saved."); }
+    catch (ex) { showError(err, ex); }
+  } }, practiceFields(p), h("div", { class: "row" }, h("button", { type: "submit" }, "Save practice details")), err);
+  const inviteErr = errorBox();
+  const invite = h("form", { "aria-labelledby": "invite-h", onsubmit: async (e) => {
+    e.preventDefault(); inviteErr.hidden = true;
+    try {
+      const { user } = await api("POST", path + "/users", staffBody(values(invite)));
+      await viewPractice(params);
+      say(`An invitation to register has been sent to ${user.email}.`);
+    } catch (ex) { showError(inviteErr, ex); }
+  } }, staffFields("staff"), h("div", { class: "row" }, h("button", { type: "submit" }, "Send the invitation")), inviteErr);
+  pageFor(seq, p.name, supportNav(),
+    h("p", { class: "row" }, h("a", { href: "#/support/audit" + qs({ practice_id: p.id }) }, "This practice's audit trail"),
+      h("span", { class: "hint" }, `Practice id: ${p.id}`)),
+    h("section", { class: "card gap" }, h("h2", { id: "details-h" }, "Practice details"), form),
+    h("h2", {}, "Users"), users.length ? supportUsers(users, () => viewPractice(params), false) : h("p", { class: "hint" }, "No users yet."),
+    h("section", { class: "card gap" }, h("h2", { id: "invite-h" }, "Invite a user to this practice"), invite));
+}
+
+// Users as Support sees them, with what Support can do for each: unlock, User Manager on/off,
+// a new invitation. `refresh` shows the page again after a change.
+function supportUsers(users, refresh, withPractice) {
+  const err = errorBox();
+  const rows = users.map((u) => {
+    const box = h("div", { class: "row" });
+    const manager = u.roles.includes("user_manager");
+    const done = async (text) => { await refresh(); say(text); };
+    const ask = (question, detail, yes, call, text) => () => askFirst(box, question, detail, yes, async () => {
+      err.hidden = true;
+      try { await done(text(await call())); } catch (ex) { restore(); showError(err, ex); }
+    }, restore);
+    const button = (text, onclick) => h("button", { type: "button", class: "secondary", "aria-label": `${text}: ${u.email}`, onclick }, text);
+    const restore = () => box.replaceChildren(...[
+      u.locked ? button("Unlock", ask(`Unlock ${u.email}?`,
+        "The user will have to set a new password themselves, with \u201cForgot password\u201d, before they can log in again. Support never sees or sets a password.",
+        "Yes, unlock", () => api("POST", `/admin/users/${encodeURIComponent(u.id)}/unlock`, {}),
+        (a) => a.unlocked ? `${u.email} is unlocked. The user must set a new password themselves, with \u201cForgot password\u201d, before they can log in.`
+          : `${u.email} was not locked.`)) : null,
+      u.practice_id && !u.roles.includes("support") ? button(manager ? "Revoke User Manager" : "Grant User Manager", ask(
+        manager ? `Revoke User Manager from ${u.email}?` : `Make ${u.email} a User Manager?`,
+        (manager ? "They will no longer manage their practice's users." : "They will manage their practice's users.") + " They are signed out everywhere and sign in again.",
+        manager ? "Yes, revoke" : "Yes, grant", () => api(manager ? "DELETE" : "PUT", `/admin/users/${encodeURIComponent(u.id)}/roles/user_manager`, {}),
+        () => manager ? `${u.email} is no longer a User Manager.` : `${u.email} is now a User Manager of their practice.`)) : null,
+      u.status === "invited" ? button("Re-invite", async () => {
+        err.hidden = true;
+        try { await api("POST", `/practice/users/${encodeURIComponent(u.id)}/reinvite`, {}); await done(`A new invitation has been sent to ${u.email}.`); }
+        catch (ex) { showError(err, ex); }
+      }) : null,
+      h("a", { href: "#/support/audit" + qs({ subject_id: u.id }), "aria-label": `Audit trail: ${u.email}` }, "Audit trail")].filter(Boolean));
+    restore();
+    const name = `${u.first_name || ""} ${u.last_name || ""}`.trim() || "(not registered yet)";
+    return h("tr", {},
+      cell("User", h("strong", {}, name), h("br"), h("span", { class: "hint" }, u.email)),
+      withPractice ? cell("Practice", u.practice_id ? h("a", { href: `#/support/practice?id=${encodeURIComponent(u.practice_id)}` }, "Open the practice") : "None") : null,
+      cell("Status", userStatus(u), manager ? [" ", h("span", { class: "badge" }, "User Manager")] : null,
+        u.roles.includes("support") ? [" ", h("span", { class: "badge" }, "Support")] : null),
+      cell("Actions", box));
+  });
+  return [h("div", { class: "table-wrap" }, h("table", { class: "stack", id: "support-users" },
+    h("thead", {}, h("tr", {}, ["User", withPractice ? "Practice" : null, "Status", "Actions"].filter(Boolean).map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows))), err];
+}
+
+async function viewSupportUsers(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const search = () => filterForm("#/support/users", params, [
+    ["Email address contains", "email", { type: "search", autocomplete: "off" }],
+    ["Practice id", "practice_id", { autocomplete: "off" }, "Only this practice's users (its page shows the id)."]], "Find users");
+  let users;
+  try { users = (await api("GET", "/admin/users" + qs({ email: params.get("email"), practice_id: params.get("practice_id") }))).users; }
+  catch (ex) { supportFailed(seq, "Find users", ex, search()); return; }
+  pageFor(seq, "Find users", supportNav(), search(),
+    users.length ? supportUsers(users, () => viewSupportUsers(params), true) : h("p", { class: "hint" }, "No user matches."));
+}
+
+function auditDetails(details) {
+  return Object.entries(details || {}).map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("; ");
+}
+
+async function viewAudit(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const iso = (v) => { const d = new Date(v); return v && !isNaN(d) ? d.toISOString() : v; };  // the API says what is wrong
+  const filters = { subject_id: params.get("subject_id"), actor_id: params.get("actor_id"), practice_id: params.get("practice_id"),
+                    action: params.get("action"), since: iso(params.get("since")), until: iso(params.get("until")) };
+  const limit = Number(params.get("limit")) || 100;
+  const query = { ...filters, before_id: params.get("before_id"), limit };
+  const search = () => filterForm("#/support/audit", params, [
+    ["Subject (user id)", "subject_id", { autocomplete: "off" }], ["Actor (user id)", "actor_id", { autocomplete: "off" }],
+    ["Practice id", "practice_id", { autocomplete: "off" }], ["Action", "action", { list: "audit-actions", autocomplete: "off" }],
+    ["From", "since", { type: "datetime-local" }, "In this computer's time zone."], ["Until", "until", { type: "datetime-local" }],
+    ["Rows per page", "limit", { type: "number", min: 1, max: 5000, inputmode: "numeric" }, "1 to 5000; 100 when empty."]],
+  "Show entries", h("datalist", { id: "audit-actions" }, AUDIT_ACTIONS.map((a) => h("option", { value: a }))));
+  let entries;
+  try { entries = (await api("GET", "/admin/audit" + qs(query))).entries; } catch (ex) { supportFailed(seq, "Audit trail", ex, search()); return; }
+  const pageLink = (before_id, text) => h("a", { href: "#/support/audit" + qs({ ...Object.fromEntries(params), before_id }) }, text);
+  const idLink = (href, id) => id ? h("a", { href }, id) : "";
+  const rows = entries.map((e) => h("tr", {},
+    cell("Time", fmtDate(e.at)), cell("Action", e.action),
+    cell("Outcome", h("span", { class: "badge" + (e.outcome === "ok" ? " good" : " bad") }, e.outcome)),
+    cell("Actor", idLink("#/support/audit" + qs({ actor_id: e.actor_id }), e.actor_id)),
+    cell("Subject", idLink("#/support/audit" + qs({ subject_id: e.subject_id }), e.subject_id)),
+    cell("Practice", idLink(`#/support/practice?id=${encodeURIComponent(e.practice_id)}`, e.practice_id)),
+    cell("IP", e.ip || ""), cell("Details", auditDetails(e.details))));
+  pageFor(seq, "Audit trail", supportNav(), search(),
+    h("p", { class: "row" }, h("a", { class: "button", href: "/api/v1/admin/audit" + qs({ ...query, format: "csv" }), download: "audit.csv" }, "Download CSV"),
+      h("span", { class: "hint" }, `${entries.length} entries shown, newest first. The CSV file has the same entries.`)),
+    entries.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack audit", id: "audit" },
+      h("thead", {}, h("tr", {}, ["Time", "Action", "Outcome", "Actor", "Subject", "Practice", "IP", "Details"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows))) : h("p", { class: "hint" }, "No entries match these filters."),
+    h("p", { class: "row" }, params.get("before_id") ? pageLink(null, "Newest entries") : null,
+      entries.length === limit ? pageLink(entries[entries.length - 1].id, "Older entries") : null));
+}
+
 // ---- navigation ----------------------------------------------------------------------------------------
 function renderNav() {
   const nav = document.getElementById("nav");
@@ -833,9 +1072,12 @@ function renderNav() {
   const manager = state.user && (state.user.roles || []).includes("user_manager");
   document.getElementById("nav-users").hidden = !manager || !!state.restriction;
   document.getElementById("nav-invoices").hidden = !manager || !!state.restriction;
+  const support = state.user && (state.user.roles || []).includes("support");
+  document.getElementById("nav-support").hidden = !support || !!state.restriction;
   const here = location.hash.split("?")[0];
   for (const a of nav.querySelectorAll("a")) {
-    if (a.getAttribute("href") === here) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    const href = a.getAttribute("href");
+    if (href === here || here.startsWith(href + "/")) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
 }
 
@@ -846,6 +1088,8 @@ const PRIVATE = {
   "#/inbox": () => viewFolder("inbox"), "#/sent": () => viewFolder("sent"), "#/compose": viewCompose,
   "#/message": viewMessage, "#/profile": viewProfile, "#/users": viewUsers,
   "#/change-password": viewChangePassword, "#/verify-phone": viewVerifyPhone, "#/invoices": viewInvoices, "#/confirm-email": viewConfirmEmail,
+  "#/support": viewPractices, "#/support/new-practice": viewNewPractice, "#/support/practice": viewPractice,
+  "#/support/users": viewSupportUsers, "#/support/audit": viewAudit,
 };
 
 async function route() {
