@@ -3,7 +3,6 @@ against the whole stack built in-process on real sockets (tests/integration/stac
 fresh database, exchange and dev outbox per test and a ManualClock the test can move."""
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -17,9 +16,8 @@ from msp_shared.clock import ManualClock
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 from stack import Stack, build_stack  # noqa: E402
 
-from e2e_kit import MakeMember, Member, make_member  # noqa: E402
+from e2e_kit import CHROMIUM, MakeMember, Member, make_member  # noqa: E402
 
-CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 

@@ -2,9 +2,13 @@
 whose name every test folder shares): people who send and read secure messages."""
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from msp_auth import store as auth_store
 from msp_auth.keys import HASHER
@@ -14,6 +18,14 @@ from msp_shared.web import POOL
 from stack import Stack, eventually
 
 MEMBER_PASSWORD = "Tulip-Harbor-42!"
+
+# Debian's Chromium, driven by Playwright (no browser download); the tests that need it skip,
+# saying why, where it is missing.
+CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"{CHROMIUM} is missing: install Debian's chromium (scripts/bootstrap.sh does)",
+)
 
 
 @dataclass

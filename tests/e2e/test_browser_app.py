@@ -3,18 +3,11 @@ and out, mistyping the password, being signed out after 30 idle minutes, and reg
 from an invitation link with a text-message code."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pytest
+from e2e_kit import needs_chromium
 from playwright.async_api import Page, expect
 from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack, links
 
-CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")  # as in conftest.py
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"{CHROMIUM} is missing: install Debian's chromium (scripts/bootstrap.sh does)",
-)
+pytestmark = needs_chromium
 
 
 async def log_in(page: Page, email_address: str, password: str) -> None:

@@ -3,20 +3,13 @@ recalling a message nobody opened (and the reason when a recipient opened it fir
 shortening its life (never lengthening it), and the progress of an upload with attachments."""
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
-from pathlib import Path
 
-import pytest
-from e2e_kit import MakeMember, Member
+from e2e_kit import MakeMember, Member, needs_chromium
 from playwright.async_api import Locator, Page, expect
 from stack import Stack
 
-CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")  # as in conftest.py
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"{CHROMIUM} is missing: install Debian's chromium (scripts/bootstrap.sh does)",
-)
+pytestmark = needs_chromium
 ALREADY_OPENED = "This message cannot be recalled: a recipient has already opened it."
 ONLY_FORWARD = "A message's expiry can only be brought forward, not pushed back."
 

@@ -4,19 +4,11 @@ staff invited, a locked user unlocked (who then still has to reset the password)
 Manager granted and revoked, and the audit trail read as a table and as a CSV file."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pytest
-from e2e_kit import MakeMember
+from e2e_kit import MakeMember, needs_chromium
 from playwright.async_api import Dialog, Locator, Page, expect
 from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack
 
-CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")  # as in conftest.py
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"{CHROMIUM} is missing: install Debian's chromium (scripts/bootstrap.sh does)",
-)
+pytestmark = needs_chromium
 REFUSED = "Only SecurePractice Support can do this."
 CSV_HEADER = "id,at,action,outcome,actor_id,subject_id,practice_id,ip,details"
 

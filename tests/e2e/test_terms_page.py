@@ -3,17 +3,15 @@ version it asks the user to accept; GET /api/v1/terms works without a session, a
 browser whose session cookie died; an attacker's version names nothing, in the API's shape."""
 from __future__ import annotations
 
-import os
 from importlib import resources
-from pathlib import Path
 
 import aiohttp
 import pytest
+from e2e_kit import needs_chromium
 from playwright.async_api import Page, expect
 from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack, links
 from yarl import URL
 
-CHROMIUM = os.environ.get("MSP_TEST_CHROMIUM", "/usr/bin/chromium")  # as in conftest.py
 TEXT = resources.files("msp_auth").joinpath("data/terms/2026-01.txt").read_text(encoding="utf-8")
 
 
@@ -55,7 +53,7 @@ async def test_an_attackers_version_is_404_through_the_gateway(stack: Stack, raw
     assert "root:" not in body["message"] and "import" not in body["message"]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
+@needs_chromium
 async def test_registration_shows_the_terms_next_to_the_checkbox(page: Page, stack: Stack) -> None:
     async with stack.browser() as support:
         status, body, _ = await support.login(SUPPORT_EMAIL, SUPPORT_PASSWORD)
