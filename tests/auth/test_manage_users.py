@@ -100,6 +100,8 @@ async def test_unlock_by_someone_else_leaves_the_password_unusable_until_reset(a
     assert (await auth.login("member@a.example", GOOD_PASSWORD)).status == 423
     resp = await auth.call("POST", f"/practice/users/{world['member']['id']}/unlock", who=auth.user_identity(world["um"]))
     assert resp.status == 200 and resp.body["unlocked"] is True
+    # the manager's list says what the member must do now
+    assert (resp.body["user"]["locked"], resp.body["user"]["reset_required"]) == (False, True)
     still = await auth.login("member@a.example", GOOD_PASSWORD)
     assert still.status == 423 and still.body["error"] == "password_reset_required"
     assert (await auth.login("member@a.example", "Wrong-Pass-9!")).status == 401  # a guesser learns nothing
@@ -150,6 +152,12 @@ async def test_support_edits_practice_details_users_cannot(auth: Auth, world: di
     assert sneaky.status == 400
     listed = await auth.call("GET", "/admin/practices?name=dental", who=support)
     assert [p["name"] for p in listed.body["practices"]] == ["Practice A Dental"]
+    # The practice's phone is kept in E.164, as users' phones are; nonsense is refused, field named.
+    phoned = await auth.call("PATCH", f"/admin/practices/{pid}", {"phone": "(202) 555-0123"}, who=support)
+    assert phoned.status == 200 and phoned.body["practice"]["phone"] == "+12025550123"
+    bad = await auth.call("PATCH", f"/admin/practices/{pid}", {"phone": "call the front desk"}, who=support)
+    assert bad.status == 400 and list(bad.body["details"]["fields"]) == ["phone"]
+    assert (await auth.call("GET", f"/admin/practices/{pid}", who=support)).body["practice"]["phone"] == "+12025550123"
 
 
 async def test_audit_trail_readable_as_json_and_csv_and_append_only(auth: Auth, world: dict) -> None:
@@ -175,3 +183,14 @@ async def test_audit_trail_readable_as_json_and_csv_and_append_only(auth: Auth, 
     with pytest.raises(asyncpg.PostgresError, match="append-only"):
         await auth.pool.execute("TRUNCATE audit_log")
     assert len(await auth.audit("login")) == 2
+
+
+async def test_audit_queries_name_the_wrong_field_and_want_a_time_zone(auth: Auth, world: dict) -> None:
+    await auth.login("member@a.example", GOOD_PASSWORD)
+    support = await auth.support()
+    for query, field in [("before_id=abc", "before_id"), ("limit=ten", "limit"), ("since=yesterday", "since"),
+                         ("until=2026-11-26T09:00:00", "until"), ("subject_id=not-an-id", "subject_id")]:
+        resp = await auth.call("GET", f"/admin/audit?{query}", who=support)
+        assert resp.status == 400 and list(resp.body["details"]["fields"]) == [field], (query, resp.body)
+    zoned = await auth.call("GET", "/admin/audit?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00%2B02:00", who=support)
+    assert zoned.status == 200 and [e["action"] for e in zoned.body["entries"]][:1] == ["login"]

@@ -126,6 +126,7 @@ async def test_support_unlocks_a_locked_user_who_must_still_reset_the_password(
         f"{mel.email} is unlocked. The user must set a new password themselves, "
         "with \u201cForgot password\u201d, before they can log in.")
     await expect(row).not_to_contain_text("Locked")
+    await expect(row).to_contain_text("Must set a new password")
     await expect(row.get_by_role("button", name="Unlock")).to_have_count(0)
 
     # Unlocked by someone else: the old password stays unusable until the user resets it.

@@ -113,6 +113,8 @@ def managed_view(user: asyncpg.Record, practice_id: uuid.UUID | None = None) -> 
         "two_step_required": user["two_step_required"],
         "securemail_paid": user["securemail_paid"],
         "locked": user["locked_at"] is not None,
+        # unlocked by someone else, or reset by Support's unlock: the user must choose a new password
+        "reset_required": user["password_reset_required"],
         "last_invited_at": user["last_invited_at"].isoformat() if user["last_invited_at"] else None,
         "practice_id": str(user["practice_id"]) if user["practice_id"] else None,
         "own_practice": practice_id is None or user["practice_id"] == practice_id,
@@ -244,8 +246,9 @@ async def open_practice(request: web.Request) -> web.Response:
         require_support(await caller(conn, request))
         if await store.email_taken(conn, body.first_user.email):
             raise ApiError(409, "email_taken", "Another account already uses this email address.")
-        practice = await store.create_practice(conn, name=body.name.strip(), address=body.address, phone=body.phone,
-                                               identifiers=body.identifiers, now=c.now)
+        practice = await store.create_practice(conn, name=body.name.strip(), address=body.address,
+                                               phone=_phone(body.phone, c, "phone") or "", identifiers=body.identifiers,
+                                               now=c.now)
         user = await _invite_staff(conn, c, practice, body.first_user)
         await c.audit(conn, "practice_opened", practice_id=practice["id"])
         return web.json_response({"practice": practice_view(practice), "user": managed_view(user)}, status=201)
@@ -310,6 +313,8 @@ async def patch_practice(request: web.Request) -> web.Response:
     async with c.pool.acquire() as conn, conn.transaction():
         require_support(await caller(conn, request))
         fields = {k: getattr(body, k) for k in body.model_fields_set if getattr(body, k) is not None}
+        if "phone" in fields:  # E.164, as users' phones are
+            fields["phone"] = _phone(fields["phone"], c, "phone") or ""
         practice = await store.update_practice(conn, _practice_id(request), fields, c.now)
         if practice is None:
             raise not_found("No such practice.")
@@ -390,22 +395,33 @@ def _query_uuid(request: web.Request, name: str) -> uuid.UUID | None:
 
 
 def _query_time(request: web.Request, name: str) -> datetime | None:
+    """An ISO 8601 time with its offset (2026-11-26T09:00:00Z): without one it would be
+    read in some time zone nobody stated."""
     value = request.query.get(name)
     try:
-        return datetime.fromisoformat(value) if value else None
+        moment = datetime.fromisoformat(value) if value else None
     except ValueError:
         raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a time"}}) from None
+    if moment is not None and moment.utcoffset() is None:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                       {"fields": {name: "give the time zone, e.g. 2026-11-26T09:00:00Z"}})
+    return moment
+
+
+def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
+    value = request.query.get(name)
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a number"}}) from None
 
 
 async def read_audit(request: web.Request) -> web.StreamResponse:
     """The audit trail, newest first; `?format=csv` for a spreadsheet. Filters: subject_id,
     actor_id, practice_id, action, since, until, before_id (paging), limit (max 5000)."""
     c = ctx(request)
-    try:
-        limit = min(max(int(request.query.get("limit", "200")), 1), 5000)
-        before_id = int(request.query["before_id"]) if request.query.get("before_id") else None
-    except ValueError:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"limit": "not a number"}}) from None
+    limit = min(max(_query_int(request, "limit", 200), 1), 5000)
+    before_id = _query_int(request, "before_id", None)
     async with c.pool.acquire() as conn:
         require_support(await caller(conn, request))
         rows = await store.list_audit(

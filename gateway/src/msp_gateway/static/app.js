@@ -499,6 +499,7 @@ async function viewProfile() {
 
 function userStatus(u) {
   if (u.locked) return h("span", { class: "badge bad" }, "Locked");
+  if (u.reset_required) return h("span", { class: "badge bad" }, "Must set a new password");
   if (u.status === "verified") return h("span", { class: "badge good" }, "Registered");
   if (u.status === "registered_unverified") return h("span", { class: "badge" }, "Registered, phone not verified");
   return h("span", { class: "badge" }, "Invited, not registered");
