@@ -120,6 +120,18 @@ async def test_unlock_by_someone_else_leaves_the_password_unusable_until_reset(a
         assert (await auth.call(method, path, {"password": "Support-Set-1!"}, who=support)).status in (404, 405)
     found = await auth.call("GET", "/admin/users?email=staff@b", who=support)
     assert [u["email"] for u in found.body["users"]] == ["staff@b.example"]
+    # by the id an audit row carries; locked accounts only; % and _ are plain characters
+    by_id = await auth.call("GET", f"/admin/users?id={world['other']['id']}", who=support)
+    assert [u["email"] for u in by_id.body["users"]] == ["staff@b.example"]
+    for _ in range(5):
+        await auth.login("um@a.example", "Wrong-Pass-9!")
+    locked = await auth.call("GET", "/admin/users?locked=true", who=support)
+    assert [u["email"] for u in locked.body["users"]] == ["um@a.example"]
+    assert (await auth.call("GET", "/admin/users?email=%25", who=support)).body["users"] == []
+    assert (await auth.call("GET", "/admin/users?email=staff_b", who=support)).body["users"] == []
+    for query, field in [("id=nope", "id"), ("locked=yes", "locked"), ("practice_id=1", "practice_id")]:
+        bad = await auth.call("GET", f"/admin/users?{query}", who=support)
+        assert bad.status == 400 and list(bad.body["details"]["fields"]) == [field], query
     assert "hash" not in found.raw.decode()
 
 

@@ -110,6 +110,12 @@ async def test_support_unlocks_a_locked_user_who_must_still_reset_the_password(
 
     await log_in(page)
     await page.goto("/#/support/users")
+    await page.get_by_label("Only locked accounts").check()
+    await page.get_by_role("button", name="Find users").click()
+    await expect(page).to_have_url("/#/support/users?locked=true")
+    await expect(page.locator("#support-users tbody tr")).to_have_count(1)
+    await expect(user_row(page, mel.email)).to_contain_text("Locked")
+    await page.get_by_label("Only locked accounts").uncheck()
     await page.get_by_label("Email address contains").fill("mel@")
     await page.get_by_role("button", name="Find users").click()
     await expect(page).to_have_url("/#/support/users?email=mel%40")
@@ -170,6 +176,12 @@ async def test_support_grants_and_revokes_user_manager_and_reads_the_audit_trail
     locked = audit.locator("tbody tr").filter(has_text="account_locked")
     await expect(locked).to_contain_text("consecutive_failures: 5")
     await expect(audit.locator("tbody tr").filter(has_text="role_granted")).to_contain_text("role: user_manager")
+    # Who an id in the trail is: Support's user search by id.
+    await audit.locator("tbody tr").filter(has_text="account_locked").get_by_role("link", name=f"Who is {mel.id}?").click()
+    await expect(page).to_have_url(f"/#/support/users?id={mel.id}")
+    await expect(page.locator("#support-users tbody tr")).to_have_count(1)
+    await expect(user_row(page, mel.email)).to_be_visible()
+    await page.go_back()
 
     # Paging: two rows a page, then the older ones.
     await page.get_by_label("Rows per page").fill("2")

@@ -323,15 +323,16 @@ async def patch_practice(request: web.Request) -> web.Response:
 
 
 async def find_users(request: web.Request) -> web.Response:
+    """Support's search: email (part of it), practice_id, id (the ids audit rows carry), locked=true."""
     c = ctx(request)
-    practice_id = request.query.get("practice_id")
-    try:
-        pid = uuid.UUID(practice_id) if practice_id else None
-    except ValueError:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"practice_id": "not an id"}}) from None
+    locked = request.query.get("locked", "")
+    if locked not in ("", "true", "false"):
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"locked": "true or false"}})
+    practice_id, user_id = _query_uuid(request, "practice_id"), _query_uuid(request, "id")
     async with c.pool.acquire() as conn:
         require_support(await caller(conn, request))
-        rows = await store.find_users(conn, email=request.query.get("email") or None, practice_id=pid)
+        rows = await store.find_users(conn, email=request.query.get("email") or None, practice_id=practice_id,
+                                      user_id=user_id, locked_only=locked == "true")
     return web.json_response({"users": [managed_view(r) for r in rows]})
 
 

@@ -133,11 +133,14 @@ async def list_practice_users(conn: asyncpg.Connection, practice_id: uuid.UUID) 
     )
 
 
-async def find_users(conn: asyncpg.Connection, *, email: str | None, practice_id: uuid.UUID | None, limit: int = 100) -> list[Record]:
+async def find_users(conn: asyncpg.Connection, *, email: str | None, practice_id: uuid.UUID | None,
+                     user_id: uuid.UUID | None = None, locked_only: bool = False, limit: int = 100) -> list[Record]:
+    """Support's user search. `email` is a plain substring (strpos: % and _ are not wildcards)."""
     return await conn.fetch(
-        "SELECT * FROM users WHERE ($1::text IS NULL OR lower(email) LIKE '%' || lower($1) || '%')"
-        " AND ($2::uuid IS NULL OR practice_id = $2) ORDER BY lower(email) LIMIT $3",
-        email, practice_id, limit,
+        "SELECT * FROM users WHERE ($1::text IS NULL OR strpos(lower(email), lower($1)) > 0)"
+        " AND ($2::uuid IS NULL OR practice_id = $2) AND ($3::uuid IS NULL OR id = $3)"
+        " AND (NOT $4 OR locked_at IS NOT NULL) ORDER BY lower(email) LIMIT $5",
+        email, practice_id, user_id, locked_only, limit,
     )
 
 

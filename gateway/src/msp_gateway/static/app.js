@@ -835,9 +835,9 @@ const AUDIT_ACTIONS = ("login logout session_expired account_locked account_unlo
   "practice_opened practice_updated email_change_requested profile_email_changed profile_phone_changed securemail_granted " +
   "securemail_revoked support_account_seeded").split(" ");
 
-// "?a=1&b=2" from the values that are set ("" when none is).
+// "?a=1&b=2" from the values that are set ("" when none is; an unticked box is not set).
 function qs(values) {
-  const q = new URLSearchParams(Object.entries(values).filter(([, v]) => v !== null && v !== undefined && v !== ""));
+  const q = new URLSearchParams(Object.entries(values).filter(([, v]) => v !== null && v !== undefined && v !== "" && v !== false));
   return q.toString() ? "?" + q : "";
 }
 
@@ -1018,9 +1018,14 @@ async function viewSupportUsers(params) {
   const seq = routeSeq;  // a slower, older view must not replace a newer one
   const search = () => filterForm("#/support/users", params, [
     ["Email address contains", "email", { type: "search", autocomplete: "off" }],
-    ["Practice id", "practice_id", { autocomplete: "off" }, "Only this practice's users (its page shows the id)."]], "Find users");
+    ["Practice id", "practice_id", { autocomplete: "off" }, "Only this practice's users (its page shows the id)."],
+    ["User id", "id", { autocomplete: "off" }, "As the audit trail shows it."]], "Find users",
+  h("label", { class: "check", for: "f-locked" },
+    h("input", { id: "f-locked", name: "locked", type: "checkbox", checked: params.get("locked") === "true" }), "Only locked accounts"));
   let users;
-  try { users = (await api("GET", "/admin/users" + qs({ email: params.get("email"), practice_id: params.get("practice_id") }))).users; }
+  const filters = { email: params.get("email"), practice_id: params.get("practice_id"), id: params.get("id"),
+                    locked: params.get("locked") === "true" ? "true" : null };
+  try { users = (await api("GET", "/admin/users" + qs(filters))).users; }
   catch (ex) { supportFailed(seq, "Find users", ex, search()); return; }
   pageFor(seq, "Find users", supportNav(), search(),
     users.length ? supportUsers(users, () => viewSupportUsers(params), true) : h("p", { class: "hint" }, "No user matches."));
@@ -1047,11 +1052,14 @@ async function viewAudit(params) {
   try { entries = (await api("GET", "/admin/audit" + qs(query))).entries; } catch (ex) { supportFailed(seq, "Audit trail", ex, search()); return; }
   const pageLink = (before_id, text) => h("a", { href: "#/support/audit" + qs({ ...Object.fromEntries(params), before_id }) }, text);
   const idLink = (href, id) => id ? h("a", { href }, id) : "";
+  // a user id: their trail, and who they are
+  const userLink = (key, id) => id ? [idLink("#/support/audit" + qs({ [key]: id }), id), " ",
+    h("a", { href: "#/support/users" + qs({ id }), "aria-label": `Who is ${id}?` }, "who?")] : "";
   const rows = entries.map((e) => h("tr", {},
     cell("Time", fmtDate(e.at)), cell("Action", e.action),
     cell("Outcome", h("span", { class: "badge" + (e.outcome === "ok" ? " good" : " bad") }, e.outcome)),
-    cell("Actor", idLink("#/support/audit" + qs({ actor_id: e.actor_id }), e.actor_id)),
-    cell("Subject", idLink("#/support/audit" + qs({ subject_id: e.subject_id }), e.subject_id)),
+    cell("Actor", userLink("actor_id", e.actor_id)),
+    cell("Subject", userLink("subject_id", e.subject_id)),
     cell("Practice", idLink(`#/support/practice?id=${encodeURIComponent(e.practice_id)}`, e.practice_id)),
     cell("IP", e.ip || ""), cell("Details", auditDetails(e.details))));
   pageFor(seq, "Audit trail", supportNav(), search(),
