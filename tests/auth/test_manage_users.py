@@ -200,7 +200,8 @@ async def test_audit_trail_readable_as_json_and_csv_and_append_only(auth: Auth, 
 async def test_audit_queries_name_the_wrong_field_and_want_a_time_zone(auth: Auth, world: dict) -> None:
     await auth.login("member@a.example", GOOD_PASSWORD)
     support = await auth.support()
-    for query, field in [("before_id=abc", "before_id"), ("limit=ten", "limit"), ("since=yesterday", "since"),
+    for query, field in [("before_id=abc", "before_id"), ("before_id=" + "9" * 30, "before_id"), ("limit=ten", "limit"),
+                         ("since=yesterday", "since"),
                          ("until=2026-11-26T09:00:00", "until"), ("subject_id=not-an-id", "subject_id")]:
         resp = await auth.call("GET", f"/admin/audit?{query}", who=support)
         assert resp.status == 400 and list(resp.body["details"]["fields"]) == [field], (query, resp.body)

@@ -113,7 +113,7 @@ def managed_view(user: asyncpg.Record, practice_id: uuid.UUID | None = None) -> 
         "two_step_required": user["two_step_required"],
         "securemail_paid": user["securemail_paid"],
         "locked": user["locked_at"] is not None,
-        # unlocked by someone else, or reset by Support's unlock: the user must choose a new password
+        # set when someone else unlocked the account: the user must choose a new password first
         "reset_required": user["password_reset_required"],
         "last_invited_at": user["last_invited_at"].isoformat() if user["last_invited_at"] else None,
         "practice_id": str(user["practice_id"]) if user["practice_id"] else None,
@@ -410,11 +410,17 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
 
 
 def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
+    """A whole number that fits the database's bigint (a larger one would fail in the driver)."""
     value = request.query.get(name)
+    if not value:
+        return default
     try:
-        return int(value) if value else default
+        number = int(value)
     except ValueError:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a number"}}) from None
+        number = None
+    if number is None or not -(2**63) <= number < 2**63:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a number"}})
+    return number
 
 
 async def read_audit(request: web.Request) -> web.StreamResponse:
