@@ -67,18 +67,16 @@ async def touch_session(pool: asyncpg.Pool, token_hash: bytes, at: datetime) -> 
     return status != "UPDATE 0"
 
 
-async def end_session(pool: asyncpg.Pool, token_hash: bytes, *, reason: str, ip: str | None) -> bool:
-    """Delete the row and announce the end (for the audit trail) in one transaction; False
-    when there was no such row (already ended: nothing to announce)."""
+async def end_session(pool: asyncpg.Pool, token_hash: bytes, *, reason: str, ip: str | None) -> None:
+    """Delete the row and announce the end (for the audit trail) in one transaction; a row
+    already gone (ended elsewhere) announces nothing."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "DELETE FROM sessions WHERE token_hash = $1 RETURNING id, user_id, last_seen_at", token_hash
         )
-        if row is None:
-            return False
-        await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason, ip=ip,
-                                            last_seen_at=row["last_seen_at"]))
-        return True
+        if row is not None:
+            await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason, ip=ip,
+                                                last_seen_at=row["last_seen_at"]))
 
 
 async def delete_user_sessions(pool: asyncpg.Pool, user_id: uuid.UUID, *, created_before: datetime) -> int:
