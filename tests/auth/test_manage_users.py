@@ -207,3 +207,36 @@ async def test_audit_queries_name_the_wrong_field_and_want_a_time_zone(auth: Aut
         assert resp.status == 400 and list(resp.body["details"]["fields"]) == [field], (query, resp.body)
     zoned = await auth.call("GET", "/admin/audit?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00%2B02:00", who=support)
     assert zoned.status == 200 and [e["action"] for e in zoned.body["entries"]][:1] == ["login"]
+
+
+async def test_support_finds_users_by_name_and_pages_through_them(auth: Auth, world: dict) -> None:
+    """A practice with more users than one page: Support reads them all, page by page, in
+    email order, and finds one by a part of their name."""
+    support = await auth.support()
+    async with auth.pool.acquire() as conn:
+        await conn.execute("UPDATE users SET first_name = 'Ann', last_name = 'O''Neil' WHERE id = $1", world["member"]["id"])
+    named = await auth.call("GET", "/admin/users?name=ann%20o'n", who=support)
+    assert [u["email"] for u in named.body["users"]] == ["member@a.example"] and named.body["next"] is None
+    assert (await auth.call("GET", "/admin/users?name=%25", who=support)).body["users"] == []  # no wildcards
+
+    practice_a = world["a"]["id"]
+    everyone = sorted(["um@a.example", "member@a.example", "new@a.example"])
+    pages, after = [], None
+    while True:
+        resp = await auth.call("GET", f"/admin/users?practice_id={practice_a}&limit=2" + (f"&after={after}" if after else ""),
+                               who=support)
+        assert resp.status == 200
+        pages.append([u["email"] for u in resp.body["users"]])
+        after = resp.body["next"]
+        if after is None:
+            break
+    assert pages == [everyone[:2], everyone[2:]]
+    # the cursor is an id, not an address
+    assert "@" not in (await auth.call("GET", f"/admin/users?practice_id={practice_a}&limit=1", who=support)).body["next"]
+
+    for query, field in [("limit=0", "limit"), ("limit=201", "limit"), ("limit=ten", "limit"), ("after=nope", "after"),
+                         ("after=00000000-0000-0000-0000-000000000000", "after"), ("name=" + "x" * 201, "name")]:
+        bad = await auth.call("GET", f"/admin/users?{query}", who=support)
+        assert bad.status == 400 and list(bad.body["details"]["fields"]) == [field], query
+    # a User Manager cannot search beyond their practice through it
+    assert (await auth.call("GET", "/admin/users?name=ann", who=auth.user_identity(world["um"]))).status == 403

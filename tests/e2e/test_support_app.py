@@ -1,7 +1,8 @@
 """Support's area of the web app in a real browser against the real stack: only Support sees
 it (anyone else gets the API's refusal, in words), practices are found, opened and edited,
-staff invited, a locked user unlocked (who then still has to reset the password), User
-Manager granted and revoked, and the audit trail read as a table and as a CSV file."""
+staff invited, users found by name page by page, a locked user unlocked (who then still has
+to reset the password), User Manager granted and revoked, and the audit trail read as a
+table and as a CSV file."""
 from __future__ import annotations
 
 from e2e_kit import MakeMember, needs_chromium
@@ -243,3 +244,27 @@ async def test_a_practice_name_with_markup_is_shown_as_text(page: Page, stack: S
     await expect(page.locator("img, b")).to_have_count(0)
     assert dialogs == []
     assert await stack.mail_to("eve@evil.example")
+
+
+async def test_support_finds_users_by_name_page_by_page(page: Page, member: MakeMember) -> None:
+    for name in ("mia", "mel", "max"):
+        await member(f"{name}@bright.example", "Bright Smiles")
+    await log_in(page)
+    await page.goto("/#/support/users")
+    await page.get_by_label("Name contains").fill("dana m")
+    await page.get_by_label("Users per page").fill("2")
+    await page.get_by_role("button", name="Find users").click()
+    await expect(page).to_have_url("/#/support/users?name=dana+m&limit=2")
+    rows = page.locator("#support-users tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("max@bright.example")  # email order
+    await expect(rows.nth(1)).to_contain_text("mel@bright.example")
+
+    await page.get_by_role("link", name="More users").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.nth(0)).to_contain_text("mia@bright.example")
+    assert "bright.example" not in page.url and "after=" in page.url  # the cursor is an id, not an address
+    await expect(page.get_by_role("link", name="More users")).to_have_count(0)
+    await page.get_by_role("link", name="First page").click()
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("max@bright.example")

@@ -322,18 +322,35 @@ async def patch_practice(request: web.Request) -> web.Response:
         return web.json_response({"practice": practice_view(practice)})
 
 
+USERS_PAGE_MAX = 200
+
+
 async def find_users(request: web.Request) -> web.Response:
-    """Support's search: email (part of it), practice_id, id (the ids audit rows carry), locked=true."""
+    """Support's search: email and name (parts of them), practice_id, id (the ids audit rows
+    carry), locked=true; in email order, `limit` rows (default 100) and `next`, the cursor to
+    pass as `after` for the following page (null on the last one). The cursor is a user id, so
+    no address ends up in a URL."""
     c = ctx(request)
     locked = request.query.get("locked", "")
     if locked not in ("", "true", "false"):
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"locked": "true or false"}})
-    practice_id, user_id = _query_uuid(request, "practice_id"), _query_uuid(request, "id")
+        raise _bad_query("locked", "true or false")
+    name = request.query.get("name", "").strip() or None
+    if name is not None and len(name) > 200:
+        raise _bad_query("name", "at most 200 characters")
+    limit = _query_int(request, "limit", 100)
+    if not 1 <= limit <= USERS_PAGE_MAX:
+        raise _bad_query("limit", f"1 to {USERS_PAGE_MAX}")
+    practice_id, user_id, after = _query_uuid(request, "practice_id"), _query_uuid(request, "id"), _query_uuid(request, "after")
     async with c.pool.acquire() as conn:
         require_support(await caller(conn, request))
-        rows = await store.find_users(conn, email=request.query.get("email") or None, practice_id=practice_id,
-                                      user_id=user_id, locked_only=locked == "true")
-    return web.json_response({"users": [managed_view(r) for r in rows]})
+        after_email = await store.email_key(conn, after) if after else None
+        if after and after_email is None:
+            raise _bad_query("after", "no such user: start the search again")
+        rows = await store.find_users(conn, email=request.query.get("email") or None, name=name, practice_id=practice_id,
+                                      user_id=user_id, locked_only=locked == "true", after_email=after_email, limit=limit + 1)
+    page = rows[:limit]
+    return web.json_response({"users": [managed_view(r) for r in page],
+                              "next": str(page[-1]["id"]) if len(rows) > limit else None})
 
 
 async def admin_unlock(request: web.Request) -> web.Response:
@@ -387,12 +404,16 @@ def _audit_row(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def _bad_query(name: str, problem: str) -> ApiError:
+    return ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: problem}})
+
+
 def _query_uuid(request: web.Request, name: str) -> uuid.UUID | None:
     value = request.query.get(name)
     try:
         return uuid.UUID(value) if value else None
     except ValueError:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not an id"}}) from None
+        raise _bad_query(name, "not an id") from None
 
 
 def _query_time(request: web.Request, name: str) -> datetime | None:
@@ -402,10 +423,9 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value) if value else None
     except ValueError:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a time"}}) from None
+        raise _bad_query(name, "not a time") from None
     if moment is not None and moment.utcoffset() is None:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
-                       {"fields": {name: "give the time zone, e.g. 2026-11-26T09:00:00Z"}})
+        raise _bad_query(name, "give the time zone, e.g. 2026-11-26T09:00:00Z")
     return moment
 
 
@@ -419,7 +439,7 @@ def _query_int(request: web.Request, name: str, default: int | None) -> int | No
     except ValueError:
         number = None
     if number is None or not -(2**63) <= number < 2**63:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {name: "not a number"}})
+        raise _bad_query(name, "not a number")
     return number
 
 

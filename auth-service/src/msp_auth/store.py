@@ -134,14 +134,24 @@ async def list_practice_users(conn: asyncpg.Connection, practice_id: uuid.UUID) 
 
 
 async def find_users(conn: asyncpg.Connection, *, email: str | None, practice_id: uuid.UUID | None,
-                     user_id: uuid.UUID | None = None, locked_only: bool = False, limit: int = 100) -> list[Record]:
-    """Support's user search. `email` is a plain substring (strpos: % and _ are not wildcards)."""
+                     user_id: uuid.UUID | None = None, name: str | None = None, locked_only: bool = False,
+                     after_email: str | None = None, limit: int = 100) -> list[Record]:
+    """Support's user search, in email order. `email` and `name` are plain substrings (strpos:
+    % and _ are not wildcards); `name` is matched against "first last". `after_email` is the
+    lower-cased email of the previous page's last row (keyset paging on the unique index)."""
     return await conn.fetch(
         "SELECT * FROM users WHERE ($1::text IS NULL OR strpos(lower(email), lower($1)) > 0)"
         " AND ($2::uuid IS NULL OR practice_id = $2) AND ($3::uuid IS NULL OR id = $3)"
-        " AND (NOT $4 OR locked_at IS NOT NULL) ORDER BY lower(email) LIMIT $5",
-        email, practice_id, user_id, locked_only, limit,
+        " AND ($4::text IS NULL OR strpos(lower(first_name || ' ' || last_name), lower($4)) > 0)"
+        " AND (NOT $5 OR locked_at IS NOT NULL) AND ($6::text IS NULL OR lower(email) > $6)"
+        " ORDER BY lower(email) LIMIT $7",
+        email, practice_id, user_id, name, locked_only, after_email, limit,
     )
+
+
+async def email_key(conn: asyncpg.Connection, user_id: uuid.UUID) -> str | None:
+    """A user's place in Support's email-ordered search (the paging cursor names the user)."""
+    return await conn.fetchval("SELECT lower(email) FROM users WHERE id = $1", user_id)
 
 
 async def find_support_user(conn: asyncpg.Connection, email: str) -> Record | None:

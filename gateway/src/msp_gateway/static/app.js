@@ -1018,17 +1018,23 @@ async function viewSupportUsers(params) {
   const seq = routeSeq;  // a slower, older view must not replace a newer one
   const search = () => filterForm("#/support/users", params, [
     ["Email address contains", "email", { type: "search", autocomplete: "off" }],
+    ["Name contains", "name", { type: "search", autocomplete: "off", maxlength: 200 }, "First, last or both, e.g. \u201cAnn O\u2019Neil\u201d."],
     ["Practice id", "practice_id", { autocomplete: "off" }, "Only this practice's users (its page shows the id)."],
-    ["User id", "id", { autocomplete: "off" }, "As the audit trail shows it."]], "Find users",
+    ["User id", "id", { autocomplete: "off" }, "As the audit trail shows it."],
+    ["Users per page", "limit", { type: "number", min: 1, max: 200, inputmode: "numeric" }, "1 to 200; 100 when empty."]], "Find users",
   h("label", { class: "check", for: "f-locked" },
     h("input", { id: "f-locked", name: "locked", type: "checkbox", checked: params.get("locked") === "true" }), "Only locked accounts"));
-  let users;
-  const filters = { email: params.get("email"), practice_id: params.get("practice_id"), id: params.get("id"),
-                    locked: params.get("locked") === "true" ? "true" : null };
-  try { users = (await api("GET", "/admin/users" + qs(filters))).users; }
+  let found;
+  const filters = { email: params.get("email"), name: params.get("name"), practice_id: params.get("practice_id"), id: params.get("id"),
+                    locked: params.get("locked") === "true" ? "true" : null, limit: params.get("limit"), after: params.get("after") };
+  try { found = await api("GET", "/admin/users" + qs(filters)); }
   catch (ex) { supportFailed(seq, "Find users", ex, search()); return; }
+  // pages in email order; `after` is the previous page's last user (an id, not an address)
+  const pageLink = (after, text) => h("a", { href: "#/support/users" + qs({ ...Object.fromEntries(params), after }) }, text);
   pageFor(seq, "Find users", supportNav(), search(),
-    users.length ? supportUsers(users, () => viewSupportUsers(params), true) : h("p", { class: "hint" }, "No user matches."));
+    found.users.length ? supportUsers(found.users, () => viewSupportUsers(params), true) : h("p", { class: "hint" }, "No user matches."),
+    h("p", { class: "row" }, params.get("after") ? pageLink(null, "First page") : null,
+      found.next ? pageLink(found.next, "More users") : null));
 }
 
 function auditDetails(details) {
