@@ -24,11 +24,15 @@ async def _columns(dsn: str) -> list[str]:
         await conn.close()
 
 
+SHARED = [f"shared:{name}" for name, _ in db.migration_files(db.SHARED_MIGRATIONS)]
+assert SHARED[:2] == ["shared:0001_outbox_inbox", "shared:0002_outbox_position"]
+
+
 async def test_applied_twice_changes_nothing_the_second_time(database_url: str, tmp_path: Path) -> None:
     migrations = _write(tmp_path / "m")
     first = await db.migrate(database_url, "demo", migrations)
     second = await db.migrate(database_url, "demo", migrations)
-    assert first == ["shared:0001_outbox_inbox", "0001_things", "0002_more"]
+    assert first == SHARED + ["0001_things", "0002_more"]  # the shared library's first
     assert second == []
     assert await _columns(database_url) == ["id", "name", "note"]
 
@@ -36,7 +40,7 @@ async def test_applied_twice_changes_nothing_the_second_time(database_url: str, 
 async def test_two_processes_at_once_leave_one_correct_schema(database_url: str, tmp_path: Path) -> None:
     migrations = _write(tmp_path / "m")
     results = await asyncio.gather(*(db.migrate(database_url, "demo", migrations) for _ in range(4)))
-    assert sorted(len(r) for r in results) == [0, 0, 0, 3]
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(SHARED) + 2]
     assert await _columns(database_url) == ["id", "name", "note"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import aio_pika
@@ -54,6 +55,17 @@ async def relays() -> AsyncIterator[list[OutboxRelay]]:
         await relay.stop()
 
 
+async def _start_relay(make_bus: Callable[..., Bus], pool: asyncpg.Pool, dsn: str, relays: list[OutboxRelay],
+                       **options: object) -> OutboxRelay:
+    """The demo schema's relay on a publisher bus of its own, stopped by the `relays` fixture."""
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(pool, publisher, dsn=dsn, schema="demo", **options)
+    relays.append(relay)
+    await relay.start()
+    return relay
+
+
 async def _consumer(make_bus: Callable[..., Bus], pool: asyncpg.Pool) -> Bus:
     bus = make_bus()
     bus.subscribe("effects", [TYPE], idempotent(pool, "demo", record_effect))
@@ -65,11 +77,7 @@ async def test_committed_events_are_published_and_marked(
     make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
 ) -> None:
     await _consumer(make_bus, demo_pool)
-    publisher = make_bus()
-    await publisher.connect()
-    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo")
-    relays.append(relay)
-    await relay.start()
+    relay = await _start_relay(make_bus, demo_pool, database_url, relays)
 
     async with demo_pool.acquire() as conn, conn.transaction():
         envelope = await outbox.add(conn, ThingHappened(n=1))
@@ -88,11 +96,7 @@ async def test_a_rolled_back_transaction_publishes_nothing(
     make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
 ) -> None:
     await _consumer(make_bus, demo_pool)
-    publisher = make_bus()
-    await publisher.connect()
-    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo")
-    relays.append(relay)
-    await relay.start()
+    relay = await _start_relay(make_bus, demo_pool, database_url, relays)
 
     with pytest.raises(RuntimeError):
         async with demo_pool.acquire() as conn, conn.transaction():
@@ -186,11 +190,7 @@ async def test_rows_left_from_before_the_relay_started_are_published(
 ) -> None:
     await _consumer(make_bus, demo_pool)
     await _write(demo_pool, 1, 2, 3)  # nobody listening: the notifications are lost
-    publisher = make_bus()
-    await publisher.connect()
-    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", poll_interval=60)
-    relays.append(relay)
-    await relay.start()
+    relay = await _start_relay(make_bus, demo_pool, database_url, relays, poll_interval=60)
     await eventually(lambda: _effects_reach(demo_pool, 3), what="the old rows")
     assert await effect_counts(demo_pool) == (3, 3)
 
@@ -281,11 +281,7 @@ async def _published(pool: asyncpg.Pool, envelope: Envelope) -> bool:
 async def test_a_sleeping_relay_is_woken_by_the_commit_not_the_poll(
     make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
 ) -> None:
-    publisher = make_bus()
-    await publisher.connect()
-    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", poll_interval=60)
-    relays.append(relay)
-    await relay.start()
+    relay = await _start_relay(make_bus, demo_pool, database_url, relays, poll_interval=60)
     await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep")
 
     async with demo_pool.acquire() as conn, conn.transaction():
@@ -293,6 +289,30 @@ async def test_a_sleeping_relay_is_woken_by_the_commit_not_the_poll(
     await eventually(lambda: _published(demo_pool, envelope), timeout=10, what="the row published")
     assert relay.notifications >= 1
     await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep again")
+
+
+async def test_many_events_of_one_transaction_wake_a_sleeping_relay_and_all_arrive(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    """add_many (a batch job's events, one round trip): every event is published once, in
+    order, when the transaction commits; nothing when it rolls back."""
+    await _consumer(make_bus, demo_pool)
+    relay = await _start_relay(make_bus, demo_pool, database_url, relays, poll_interval=60)
+    await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep")
+
+    with pytest.raises(RuntimeError):
+        async with demo_pool.acquire() as conn, conn.transaction():
+            await outbox.add_many(conn, [ThingHappened(n=n) for n in range(100, 105)])
+            raise RuntimeError("the batch failed")
+    async with demo_pool.acquire() as conn, conn.transaction():
+        assert await outbox.add_many(conn, []) == []
+        envelopes = await outbox.add_many(conn, [ThingHappened(n=n) for n in range(1, 6)])
+    assert len({e.id for e in envelopes}) == 5
+    await eventually(lambda: _effects_reach(demo_pool, 5), timeout=10, what="the five effects")
+    assert relay.notifications >= 1  # the commit woke it, not the 60 s poll
+    await asyncio.sleep(0.2)
+    assert await demo_pool.fetchval("SELECT array_agg(n ORDER BY n) FROM effects") == [1, 2, 3, 4, 5]
+    assert await demo_pool.fetch("SELECT id FROM outbox ORDER BY position") == [(e.id,) for e in envelopes]
 
 
 async def test_a_row_written_while_the_relay_was_awake_is_published_when_its_transaction_commits(
@@ -342,11 +362,7 @@ async def test_a_busy_relay_spares_the_writers_their_notifications(
 ) -> None:
     # While the relay works through a backlog it holds no sleep lock: rows written then do
     # not notify (writers that would have serialised on NOTIFY), yet all get published.
-    publisher = make_bus()
-    await publisher.connect()
-    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", batch_size=5, poll_interval=60)
-    relays.append(relay)
-    await relay.start()
+    relay = await _start_relay(make_bus, demo_pool, database_url, relays, batch_size=5, poll_interval=60)
     await eventually(lambda: _relay_sleeps(demo_pool), what="the relay to sleep")
     await asyncio.gather(*(_write(demo_pool, *range(i, 400, 4)) for i in range(4)))
     await eventually(
@@ -355,3 +371,52 @@ async def test_a_busy_relay_spares_the_writers_their_notifications(
     )
     assert relay.published == 400
     assert relay.notifications < 200  # typically a handful: only while it slept
+
+
+async def test_published_rows_are_pruned_after_the_retention_and_unpublished_ones_never(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
+) -> None:
+    await _consumer(make_bus, demo_pool)
+    publisher = make_bus()
+    await publisher.connect()
+    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", retention=timedelta(days=7))
+    relays.append(relay)
+    await relay.start()
+    await _write(demo_pool, 1, 2, 3)
+    await eventually(lambda: demo_pool.fetchval("SELECT count(*) = 3 FROM outbox WHERE published_at IS NOT NULL"),
+                     what="three rows published")
+    await relay.stop()  # nothing publishes now: the fourth row stays unpublished, however old
+    async with demo_pool.acquire() as conn, conn.transaction():
+        await outbox.add(conn, ThingHappened(n=4))
+    ages = {1: timedelta(days=8), 2: timedelta(days=6)}  # n=3 just published; n=4 old but never sent
+    for n, age in ages.items():
+        await demo_pool.execute("UPDATE outbox SET published_at = now() - $2::interval WHERE (envelope->'data'->>'n')::int = $1",
+                                n, age)
+    await demo_pool.execute("UPDATE outbox SET created_at = now() - interval '30 days' WHERE published_at IS NULL")
+
+    assert await relay.prune() == 1
+    left = await demo_pool.fetch("SELECT (envelope->'data'->>'n')::int AS n FROM outbox ORDER BY position")
+    assert [r["n"] for r in left] == [2, 3, 4]
+    assert await relay.prune() == 0  # again: nothing more
+
+
+def test_the_retention_is_a_setting(base_env: dict) -> None:
+    assert ServiceSettings().outbox_retention_days == 7
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MSP_OUTBOX_RETENTION_DAYS", "30")
+        assert ServiceSettings().outbox_retention_days == 30
+        env.setenv("MSP_OUTBOX_RETENTION_DAYS", "0")
+        with pytest.raises(ValueError):
+            ServiceSettings()
+
+
+async def test_a_pruning_backlog_goes_in_batches(
+    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "PRUNE_BATCH", 2)
+    async with demo_pool.acquire() as conn, conn.transaction():
+        await outbox.add_many(conn, [ThingHappened(n=n) for n in range(5)])
+    await demo_pool.execute("UPDATE outbox SET published_at = now() - interval '8 days'")
+    relay = OutboxRelay(demo_pool, make_bus(), dsn=database_url, schema="demo")  # not started: prune only
+    assert await relay.prune() == 5
+    assert await demo_pool.fetchval("SELECT count(*) FROM outbox") == 0

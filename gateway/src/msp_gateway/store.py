@@ -105,10 +105,11 @@ async def purge_expired(pool: asyncpg.Pool, *, idle_cutoff: datetime, absolute_c
                 ") RETURNING id, user_id, created_at, last_seen_at",
                 idle_cutoff, absolute_cutoff, PURGE_BATCH,
             )
-            for row in rows:
-                reason = "absolute" if row["created_at"] <= absolute_cutoff else "idle"
-                await outbox.add(conn, SessionEnded(user_id=row["user_id"], session_id=row["id"], reason=reason,
-                                                    last_seen_at=row["last_seen_at"]))
+            await outbox.add_many(conn, [
+                SessionEnded(user_id=row["user_id"], session_id=row["id"], last_seen_at=row["last_seen_at"],
+                             reason="absolute" if row["created_at"] <= absolute_cutoff else "idle")
+                for row in rows
+            ])
         purged += len(rows)
         if len(rows) < PURGE_BATCH:
             return purged

@@ -41,6 +41,11 @@ class ServiceSettings(BaseSettings):
     bus_prefetch: int = Field(32, description="Unacknowledged messages per consumer.")
     bus_max_retries: int = Field(5, description="Retries of a failing message (after its first delivery) before it is parked in the DLQ.")
     bus_retry_delay_ms: int = Field(1000, description="First retry delay; doubles per retry.")
+    outbox_retention_days: float = Field(
+        7, gt=0,
+        description="Days a published outbox row is kept (to trace what was sent) before the relay deletes "
+        "it; unpublished rows are never deleted.",
+    )
     identity_secret: SecretStr = Field(
         SecretStr(DEV_IDENTITY_SECRET),
         description="HMAC key shared by the gateway (signs) and services (verify identity headers).",

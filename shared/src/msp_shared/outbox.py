@@ -31,15 +31,20 @@ each message goes out without waiting for the one before; then the confirms are 
 sending each row's stored JSON as it is, then marks the confirmed rows. A broker outage
 leaves rows unpublished and the relay backs off and tries again: events are delayed, never lost. A
 crash between the confirm and the mark republishes a row: delivery is at least once,
-which the consumers' inbox (inbox.py) turns into exactly once in effect."""
+which the consumers' inbox (inbox.py) turns into exactly once in effect.
+
+Rows are claimed in the order they were written (`position`), within a transaction too.
+Published rows are kept for `retention` (setting outbox_retention_days), so what was sent
+can be traced, then deleted by the relay now and then; unpublished rows are never deleted."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from datetime import datetime
+import random
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 
 import asyncpg
 from aiohttp import web
@@ -52,6 +57,7 @@ from .web import BUS, POOL, SETTINGS
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "msp_outbox_"
+PRUNE_BATCH = 5000
 # The sleep lock's key (a bigint) from the schema name, computed in SQL on both sides: the
 # writers only know their schema as current_schema().
 _SLEEP_KEY = "hashtextextended('msp-outbox:' || {schema}, 0)"
@@ -88,6 +94,14 @@ async def add(conn: asyncpg.Connection, data: EventData) -> Envelope:
     return envelope
 
 
+async def add_many(conn: asyncpg.Connection, events: Sequence[EventData]) -> list[Envelope]:
+    """`add` for many events of one transaction (a batch job's), pipelined in one round trip."""
+    envelopes = [make_envelope(data, trace=telemetry.current_carrier()) for data in events]
+    if envelopes:
+        await conn.executemany(_ADD_SQL, [(e.id, e.type, e.model_dump_json()) for e in envelopes])
+    return envelopes
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -102,6 +116,8 @@ class OutboxRelay:
         publish_timeout: float = 10.0,
         sleep_lock_timeout: float = 0.02,
         linger: float = 0.002,
+        retention: timedelta = timedelta(days=7),
+        prune_interval: float = 3600.0,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -113,30 +129,35 @@ class OutboxRelay:
         self.publish_timeout = publish_timeout
         self.sleep_lock_timeout = sleep_lock_timeout
         self.linger = linger  # pause after a partial batch, so the next one is bigger
+        self.retention = retention  # published rows older than this are deleted...
+        self.prune_interval = prune_interval  # ...this often (the first time at a random moment in it)
         self.published = 0  # rows this relay has published (for tests and metrics)
         self.passes = 0  # claims made, empty ones included (metrics: rows per pass)
         self.notifications = 0  # wake-ups by NOTIFY received (metrics)
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
+        self._relay_task: asyncio.Task | None = None
         self._listener: asyncpg.Connection | None = None  # the LISTEN connection, when up
         self._sleeping_on: asyncpg.Connection | None = None  # holds the sleep lock (a session lock)
 
     async def start(self) -> None:
         self._wake.set()  # publish whatever is left from before we started
+        self._relay_task = asyncio.create_task(self._relay(), name=f"outbox-relay-{self.schema}")
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"outbox-listen-{self.schema}"),
-            asyncio.create_task(self._relay(), name=f"outbox-relay-{self.schema}"),
+            self._relay_task,
+            asyncio.create_task(self._prune_now_and_then(), name=f"outbox-prune-{self.schema}"),
         ]
 
     async def stop(self) -> None:
         """Let the batch in hand finish (so its rows are marked, not published twice), then stop."""
         self._stopping = True
         self._wake.set()
-        listener, relay = self._tasks or (None, None)
-        if relay is not None:
+        if self._relay_task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(relay), timeout=self.publish_timeout + 2)
+                await asyncio.wait_for(asyncio.shield(self._relay_task), timeout=self.publish_timeout + 2)
+            self._relay_task = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -186,6 +207,38 @@ class OutboxRelay:
     def _on_notify(self, *_args: object) -> None:
         self.notifications += 1
         self._wake.set()
+
+    # ---- pruning: published rows are kept a while, not forever ------------------------------
+
+    async def prune(self) -> int:
+        """Delete published rows older than the retention, in short batches (SKIP LOCKED, so
+        replicas pruning at once share the work); returns how many went."""
+        deleted = 0
+        while True:
+            status = await self.pool.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - $1::interval"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                self.retention, PRUNE_BATCH,
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < PRUNE_BATCH:
+                return deleted
+
+    async def _prune_now_and_then(self) -> None:
+        wait = self.prune_interval * random.random()  # replicas started together spread out
+        while not self._stopping:
+            await asyncio.sleep(wait)
+            wait = self.prune_interval
+            try:
+                deleted = await self.prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: the next round catches up
+                log.warning("outbox prune failed", extra={"schema": self.schema, "error": type(exc).__name__})
+                continue
+            if deleted:
+                log.info("outbox pruned", extra={"schema": self.schema, "rows": deleted})
 
     # ---- the relay loop ---------------------------------------------------------------------
 
@@ -265,7 +318,7 @@ class OutboxRelay:
                 "SELECT id, type, envelope::text AS body, (envelope->>'version')::int AS version,"
                 " envelope->>'occurred_at' AS occurred_at, envelope->'trace' AS trace"
                 " FROM outbox WHERE published_at IS NULL"
-                " ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                " ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch_size,
             )
             self.passes += 1
@@ -307,7 +360,9 @@ async def outbox_relay_ctx(app: web.Application) -> AsyncIterator[None]:
     append it after the pool's and the bus's contexts (it stops before they close)."""
     pool = app[POOL]
     schema = await pool.fetchval("SELECT current_schema()")
-    relay = OutboxRelay(pool, app[BUS], dsn=app[SETTINGS].database_url, schema=schema)
+    settings = app[SETTINGS]
+    relay = OutboxRelay(pool, app[BUS], dsn=settings.database_url, schema=schema,
+                        retention=timedelta(days=settings.outbox_retention_days))
     await relay.start()
     try:
         yield
@@ -315,4 +370,4 @@ async def outbox_relay_ctx(app: web.Application) -> AsyncIterator[None]:
         await relay.stop()
 
 
-__all__ = ["OutboxRelay", "add", "channel_name", "outbox_relay_ctx"]
+__all__ = ["OutboxRelay", "add", "add_many", "channel_name", "outbox_relay_ctx"]
