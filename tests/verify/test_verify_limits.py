@@ -6,6 +6,10 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
+import pytest
+
+from msp_verify.app import prune_verifications
+from msp_verify.config import VerifySettings
 from verify_helpers import Verify, phone
 
 Start = Callable[..., Awaitable[Verify]]
@@ -74,3 +78,31 @@ async def test_refused_sends_are_audited(start_verify: Start) -> None:
         assert row["verification_id"] is None
     finally:
         await conn.close()
+
+
+async def test_code_rows_are_deleted_after_the_retention_and_the_audit_stays(start_verify: Start) -> None:
+    """Data minimisation: a sent code's row (phone number, client IP, code hash) lives as long
+    as the rules that read it need, not forever; the audit trail keeps its record without the
+    full number."""
+    verify = await start_verify(**LOOSE, verification_retention_hours=24)
+    old = await verify.send(verify.ticket(uuid.uuid4(), phone(230)))
+    verify.clock.advance(seconds=23 * 3600)
+    recent = await verify.send(verify.ticket(uuid.uuid4(), phone(231)))
+    verify.clock.advance(seconds=3601)  # the first is now 24 h + 1 s old, the second 1 h + 1 s
+
+    assert await prune_verifications(verify.server.app) == 1
+    conn = await verify.db()
+    try:
+        left = [str(r["id"]) for r in await conn.fetch("SELECT id FROM verifications")]
+        assert left == [recent.body["id"]]
+        assert await conn.fetchval("SELECT count(*) FROM audit WHERE action = 'code.sent'") == 2
+    finally:
+        await conn.close()
+    assert (await verify.check(old.body["id"], "123456")).status == 404  # gone: unusable, as it was expired
+    assert await prune_verifications(verify.server.app) == 0
+
+
+def test_the_retention_cannot_be_shorter_than_the_rules_that_read_the_rows(base_env: dict) -> None:
+    assert VerifySettings(**base_env).verification_retention_hours == 24
+    with pytest.raises(ValueError, match="send window"):
+        VerifySettings(**base_env, verification_retention_hours=0.5)  # the send window is an hour

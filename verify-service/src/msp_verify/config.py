@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msp_shared.config import ServiceSettings
@@ -62,11 +62,25 @@ class VerifySettings(ServiceSettings, TwilioCredentials):
     send_limit_per_user: int = Field(5, description="Codes sent for one user per window.")
     send_limit_per_ip: int = Field(20, description="Codes requested from one client IP per window.")
     proof_ttl_seconds: int = Field(600, description="Lifetime of the signed proof a right code earns.")
+    verification_retention_hours: float = Field(
+        24, gt=0,
+        description="Hours a sent code's row (phone number, client IP, code hash) is kept, then deleted; at "
+        "least the send window and the code's and proof's lifetimes. The audit trail keeps its record "
+        "without the full number.",
+    )
+    verification_prune_interval_seconds: float = Field(3600, gt=0, description="How often old code rows are deleted.")
     sms_origin_host: str | None = Field(
         None,
         description="Host in the origin-bound SMS line '@host #code' (WebOTP / iOS autofill); "
         "defaults to the host of public_url.",
     )
+
+    @model_validator(mode="after")
+    def _rows_outlive_the_rules_that_read_them(self) -> VerifySettings:
+        needed = max(self.send_window_seconds, self.code_ttl_seconds, self.proof_ttl_seconds)
+        if self.verification_retention_hours * 3600 < needed:
+            raise ValueError(f"verification_retention_hours must cover the send window and code/proof lifetimes ({needed} s)")
+        return self
 
     def origin_host(self) -> str:
         return self.sms_origin_host or urlsplit(self.public_url).hostname or "localhost"

@@ -104,6 +104,22 @@ async def insert_verification(conn: asyncpg.Connection, v: Verification) -> None
     )
 
 
+async def delete_old_verifications(pool: asyncpg.Pool, *, before: datetime, batch: int = 5000) -> int:
+    """Data minimisation: code rows (phone number, client IP, code hash) sent before `before`
+    go, in short batches that replicas share; returns how many."""
+    deleted = 0
+    while True:
+        status = await pool.execute(
+            "DELETE FROM verifications WHERE id IN (SELECT id FROM verifications WHERE created_at < $1"
+            " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before, batch,
+        )
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted
+
+
 async def mark_failed(conn: asyncpg.Connection, verification_id: uuid.UUID) -> None:
     await conn.execute(
         "UPDATE verifications SET status = 'failed' WHERE id = $1 AND status = 'pending'", verification_id
