@@ -2,6 +2,8 @@
 invited users of another practice), Support the rest, never a password. Audit append-only."""
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 
@@ -75,6 +77,32 @@ async def test_user_manager_edits_invited_users_toggles_two_step_and_sends_nothi
     taken = await auth.call("PATCH", f"/practice/users/{invited}", {"email": "STAFF@b.example"}, who=who)
     assert taken.status == 409 and taken.body["error"] == "email_taken"
     assert {r["action"] for r in await auth.audit()} >= {"invited_user_edited", "two_step_changed"}
+
+
+async def test_correcting_an_invited_users_email_kills_the_link_sent_to_the_wrong_address(auth: Auth, world: dict) -> None:
+    """The first invitation went to a mistyped address: whoever reads that mailbox must not be
+    able to register as this user once the manager corrects it. A phone correction keeps the
+    link, so the user can follow it again, as the help page says."""
+    who = auth.user_identity(world["um"])
+    invited = world["invited"]["id"]
+    assert (await auth.call("POST", f"/practice/users/{invited}/reinvite", who=who)).status == 202
+    link = await auth.invitation_token("new@a.example")
+
+    phone_only = await auth.call("PATCH", f"/practice/users/{invited}", {"phone": "202-555-0178"}, who=who)
+    assert phone_only.status == 200 and phone_only.body["invitation_revoked"] is False
+    assert (await auth.call("GET", f"/invitations/{link}")).status == 200
+
+    fixed = await auth.call("PATCH", f"/practice/users/{invited}", {"email": "right@a.example"}, who=who)
+    assert fixed.status == 200 and fixed.body["invitation_revoked"] is True
+    assert [m["to"] for m in await auth.emails("invitation")] == ["new@a.example"]  # saving sent nothing
+    stale = await auth.call("GET", f"/invitations/{link}")
+    assert stale.status == 404 and stale.body["error"] == "invitation_invalid"
+    edits = [json.loads(r["details"]) for r in await auth.audit("invited_user_edited")]
+    assert {"fields": ["email"], "invitation_revoked": True} in edits
+
+    assert (await auth.call("POST", f"/practice/users/{invited}/reinvite", who=who)).status == 202
+    fresh = await auth.invitation_token("right@a.example")
+    assert (await auth.call("GET", f"/invitations/{fresh}")).body["email"] == "right@a.example"
 
 
 async def test_user_manager_cannot_touch_another_practices_users(auth: Auth, world: dict) -> None:

@@ -197,14 +197,19 @@ async def patch_practice_user(request: web.Request) -> web.Response:
                 await outbox.add(conn, UserRegistered(user_id=target["id"], practice_id=target["practice_id"]))
             await c.audit(conn, "two_step_changed", subject=target["id"], practice_id=target["practice_id"],
                           required=body.two_step_required)
+        # A new address means the link went to a wrong one: whoever holds that mail must not
+        # register as this user. Other edits keep the link (the user follows it again).
+        link_revoked = "email" in changes
+        if link_revoked:
+            await store.revoke_tokens(conn, target["id"], "invitation", c.now)
         if changes:
             target = await store.update_user(conn, target["id"], changes, c.now)
             edited = sorted(set(changes) - {"two_step_required", "status"})
             if edited:
                 await c.audit(conn, "invited_user_edited", subject=target["id"], practice_id=target["practice_id"],
-                              fields=edited)
+                              fields=edited, invitation_revoked=link_revoked)
         # Saving sends nothing: the manager re-invites explicitly if they want a new link.
-        return web.json_response({"user": managed_view(target, practice_id)})
+        return web.json_response({"user": managed_view(target, practice_id), "invitation_revoked": link_revoked})
 
 
 async def reinvite_practice_user(request: web.Request) -> web.Response:

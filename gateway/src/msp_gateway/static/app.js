@@ -544,9 +544,11 @@ function editUser(u) {
     e.preventDefault(); err.hidden = true;
     const fd = new FormData(form);
     try {
-      await api("PATCH", `/practice/users/${u.id}`, { email: fd.get("email"), phone: fd.get("phone") || null, cell_phone: fd.get("cell_phone") || null });
+      const saved = await api("PATCH", `/practice/users/${u.id}`, { email: fd.get("email"), phone: fd.get("phone") || null, cell_phone: fd.get("cell_phone") || null });
       await viewUsers();
-      say("Saved. Re-invite the user so they get a registration link at the right address.");
+      say(saved.invitation_revoked
+        ? `Saved. The link sent to the old address no longer works: re-invite the user to send a new one to ${saved.user.email}.`
+        : "Saved. The user can follow their registration link again.");
     } catch (ex) { showError(err, ex); err.focus(); }
   } },
     field("Email address", { name: "email", type: "email", value: u.email, disabled: !invited }),
