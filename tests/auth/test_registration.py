@@ -2,6 +2,8 @@
 bounded in time; registration with 2-step (ticket out, proof in) or without."""
 from __future__ import annotations
 
+import uuid
+
 from msp_shared import signed
 
 from auth_kit import GOOD_PASSWORD, Auth, violation_codes
@@ -97,6 +99,49 @@ async def test_unverified_user_signing_in_again_must_verify_first(auth: Auth) ->
     assert (await auth.call("POST", "/registrations", registration(token))).status == 201
     login = await auth.login("later@example.org", GOOD_PASSWORD)
     assert login.body["grant"]["restriction"] == "verification_required"
+
+
+async def test_the_code_goes_to_the_number_the_inviter_entered_not_one_the_registrant_types(auth: Auth) -> None:
+    """The email link and the inviter's number together identify the person: someone who got
+    hold of the invitation email cannot prove a phone of their own instead."""
+    opened = await open_practice(auth, "owner@brightsmiles.example")  # the inviter entered (202) 555-0111
+    token = await auth.invitation_token("owner@brightsmiles.example")
+    swapped = await auth.call("POST", "/registrations", registration(token, phone="+1 202 555 0199"))
+    assert swapped.status == 422 and swapped.body["error"] == "phone_not_on_file"
+    assert "Bright Smiles Dental" in swapped.body["message"] and swapped.body["details"]["phone_hint"].endswith("11")
+    assert (await auth.user(opened["user"]["id"]))["status"] == "invited"  # nothing was used up or changed
+
+    # The manager corrects the number; the same link then works, with the corrected number.
+    manager = await auth.make_user("um@brightsmiles.example", practice={"id": uuid.UUID(opened["practice"]["id"])},
+                                   roles=("member", "user_manager"))
+    fixed = await auth.call("PATCH", f"/practice/users/{opened['user']['id']}", {"phone": "202-555-0122"},
+                            who=auth.user_identity(manager))
+    assert fixed.status == 200, fixed.body
+    done = await auth.call("POST", "/registrations", registration(token, phone="(202) 555-0122"))  # same number, typed
+    assert done.status == 201, done.body
+    ticket = signed.verify_claims(done.body["verification"]["ticket"], purpose="verify-ticket", secret=auth.verify_secret,
+                                  now=auth.clock.now().timestamp())
+    assert ticket["phone"] == "+12025550122"
+    # Signed in but not verified yet: still no number of their own.
+    who = auth.identity_of(done.body["grant"])
+    other = await auth.call("POST", "/me/verification/ticket", {"phone": "+12025550199"}, who=who)
+    assert other.status == 422 and other.body["error"] == "phone_not_on_file"
+
+
+async def test_without_a_number_on_file_the_registrant_gives_one_and_may_change_it(auth: Auth) -> None:
+    body = PRACTICE | {"first_user": {"email": "nophone@example.org", "first_name": "Nia", "two_step_required": True}}
+    assert (await auth.call("POST", "/admin/practices", body, who=await auth.support())).status == 201
+    token = await auth.invitation_token("nophone@example.org")
+    missing = await auth.call("POST", "/registrations", registration(token, phone=None))
+    assert missing.status == 422 and missing.body["error"] == "phone_required"
+    done = await auth.call("POST", "/registrations", registration(token, phone="202-555-0133"))
+    assert done.status == 201, done.body
+    who = auth.identity_of(done.body["grant"])
+    changed = await auth.call("POST", "/me/verification/ticket", {"phone": "202-555-0144"}, who=who)
+    assert changed.status == 200, changed.body
+    claims = signed.verify_claims(changed.body["verification"]["ticket"], purpose="verify-ticket",
+                                  secret=auth.verify_secret, now=auth.clock.now().timestamp())
+    assert claims["phone"] == "+12025550144"
 
 
 async def test_invitation_expires_and_a_reinvite_kills_the_old_link(auth: Auth) -> None:

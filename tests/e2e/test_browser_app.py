@@ -74,6 +74,9 @@ async def test_register_from_invitation_with_a_text_message_code(page: Page, sta
     await expect(page.get_by_text("dana@lakeside.example")).to_be_visible()
     await page.get_by_label("First name").fill("Dana")
     await page.get_by_label("Last name").fill("Reyes")
+    # The number Support entered is the one to prove: shown (last digits), not asked for.
+    await expect(page.locator("#phone-on-file")).to_contain_text("Lakeside Dental has on file for you (\u2022\u2022\u2022\u2022 43)")
+    await expect(page.get_by_label("Phone for 2-Step Verification")).to_have_count(0)
 
     # The rules are ticked off live as the password is typed.
     password = page.get_by_label("Password", exact=True)

@@ -184,6 +184,22 @@ def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200,
 
 # ---- 2-step: tickets out, proofs in ------------------------------------------------------------
 
+class PhoneNotOnFile(Exception):
+    """A registrant typed a number other than the one their inviter entered."""
+
+
+def phone_to_prove(user: asyncpg.Record, typed: str | None) -> str | None:
+    """The number a registration code goes to. A number the inviter entered is the one to
+    prove: the email link and that phone together identify the person, so a registrant may
+    not swap in a number of their own (the inviter corrects a wrong one, as the help page
+    says). Otherwise the number typed, or the one the user chose before."""
+    if user["phone"] and user["phone_from_inviter"]:
+        if typed and typed != user["phone"]:
+            raise PhoneNotOnFile
+        return user["phone"]
+    return typed or user["phone"]
+
+
 def two_step_applies(user: asyncpg.Record) -> bool:
     return bool(user["two_step_required"] and user["phone"])
 

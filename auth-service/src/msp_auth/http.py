@@ -20,8 +20,8 @@ from msp_shared.web import read_model, require_user
 
 from . import lockout, phones, policy, store, terms, tokens
 from .accounts import (
-    PASSWORD_RESET, REGISTRATION, SERVICE, Ctx, check_proof, consume_proof, ctx, password_violations, public_user,
-    refuse, revoke_sessions, rules, session_answer, signed_in, two_step_applies, verification,
+    PASSWORD_RESET, REGISTRATION, SERVICE, Ctx, PhoneNotOnFile, check_proof, consume_proof, ctx, password_violations,
+    phone_to_prove, public_user, refuse, revoke_sessions, rules, session_answer, signed_in, two_step_applies, verification,
 )
 from .keys import AUTH_SETTINGS
 
@@ -288,6 +288,24 @@ async def _invitation(conn: asyncpg.Connection, c: Ctx, token: str, *, for_updat
     return row, user
 
 
+async def _phone_to_prove(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record, typed: str | None) -> str | None:
+    """The registration code's number (accounts.phone_to_prove), with the errors in words."""
+    try:
+        number = phones.normalize(typed, region=c.settings.phone_default_region) if typed else None
+    except phones.InvalidPhone:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                       {"fields": {"phone": "Enter a valid phone number, with the area code."}}) from None
+    try:
+        return phone_to_prove(user, number)
+    except PhoneNotOnFile:
+        practice = await store.get_practice(conn, user["invited_by_practice"] or user["practice_id"])
+        who = practice["name"] if practice else "the practice that invited you"
+        raise ApiError(422, "phone_not_on_file",
+                       f"For your security, the code goes to the number {who} has on file for you "
+                       f"({phones.hint(user['phone'])}). If that number is wrong, ask them to correct it, "
+                       "then follow your invitation link again.", {"phone_hint": phones.hint(user["phone"])}) from None
+
+
 async def get_invitation(request: web.Request) -> web.Response:
     """What the registration form shows: who is invited, by which practice, and the rules."""
     c = ctx(request)
@@ -317,13 +335,7 @@ async def register(request: web.Request) -> web.Response:
         if not body.accept_terms or body.terms_version != c.settings.terms_version:
             raise ApiError(422, "terms_not_accepted", "Please read and accept the current Terms of Use.",
                            {"terms_version": c.settings.terms_version})
-        phone = user["phone"]
-        if body.phone:
-            try:
-                phone = phones.normalize(body.phone, region=c.settings.phone_default_region)
-            except phones.InvalidPhone:
-                raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
-                               {"fields": {"phone": "Enter a valid phone number, with the area code."}}) from None
+        phone = await _phone_to_prove(conn, c, user, body.phone)
         two_step = bool(user["two_step_required"])
         if two_step and not phone:
             raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
@@ -338,6 +350,7 @@ async def register(request: web.Request) -> web.Response:
                 "first_name": body.first_name.strip(),
                 "last_name": body.last_name.strip(),
                 "phone": phone,
+                "phone_from_inviter": bool(user["phone_from_inviter"] and phone == user["phone"]),
                 "status": "registered_unverified" if two_step else "verified",
                 "terms_version": body.terms_version,
                 "terms_accepted_at": c.now,
@@ -367,17 +380,11 @@ async def verification_ticket(request: web.Request) -> web.Response:
         user = await store.get_user(conn, ident.user_id, for_update=True)
         if user is None or user["status"] != "registered_unverified":
             raise ApiError(409, "already_verified", "Your phone number is already verified.")
-        phone = user["phone"]
-        if body.phone:
-            try:
-                phone = phones.normalize(body.phone, region=c.settings.phone_default_region)
-            except phones.InvalidPhone:
-                raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
-                               {"fields": {"phone": "Enter a valid phone number, with the area code."}}) from None
-            if phone != user["phone"]:
-                await store.update_user(conn, user["id"], {"phone": phone}, c.now)
-                await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"],
-                              before_verification=True)
+        phone = await _phone_to_prove(conn, c, user, body.phone)
+        if phone != user["phone"]:
+            await store.update_user(conn, user["id"], {"phone": phone, "phone_from_inviter": False}, c.now)
+            await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"],
+                          before_verification=True)
         if not phone:
             raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
         await c.audit(conn, "verification_ticket_issued", subject=user["id"], practice_id=user["practice_id"],

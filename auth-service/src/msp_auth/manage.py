@@ -188,6 +188,7 @@ async def patch_practice_user(request: web.Request) -> web.Response:
                 changes["email"] = body.email.strip()
             if "phone" in contact:
                 changes["phone"] = _phone(body.phone, c, "phone")
+                changes["phone_from_inviter"] = changes["phone"] is not None  # the number to prove
             if "cell_phone" in contact:
                 changes["cell_phone"] = _phone(body.cell_phone, c, "cell_phone")
         if body.two_step_required is not None and body.two_step_required != target["two_step_required"]:
@@ -204,7 +205,7 @@ async def patch_practice_user(request: web.Request) -> web.Response:
             await store.revoke_tokens(conn, target["id"], "invitation", c.now)
         if changes:
             target = await store.update_user(conn, target["id"], changes, c.now)
-            edited = sorted(set(changes) - {"two_step_required", "status"})
+            edited = sorted(set(changes) - {"two_step_required", "status", "phone_from_inviter"})
             if edited:
                 await c.audit(conn, "invited_user_edited", subject=target["id"], practice_id=target["practice_id"],
                               fields=edited, invitation_revoked=link_revoked)

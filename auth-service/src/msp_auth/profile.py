@@ -127,7 +127,8 @@ async def confirm_phone(request: web.Request) -> web.Response:
         # The proof names the number that was proven; it must be this user's phone-change proof.
         claims = check_proof(c, body.proof, user_id=user["id"], phone=None, purpose=PHONE_CHANGE)
         await consume_proof(conn, c, claims, user["id"])
-        user = await store.update_user(conn, user["id"], {"phone": claims["phone"], "phone_verified_at": c.now}, c.now)
+        user = await store.update_user(conn, user["id"], {"phone": claims["phone"], "phone_from_inviter": False,
+                                                          "phone_verified_at": c.now}, c.now)
         await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"])
         practice = await store.get_practice(conn, user["practice_id"])
         return web.json_response({"user": public_user(c.settings, user, practice, c.now)})

@@ -14,7 +14,7 @@ Record = asyncpg.Record
 
 # Columns a caller may change through update_user (names are interpolated: keep it a whitelist).
 USER_FIELDS = frozenset({
-    "email", "first_name", "last_name", "phone", "cell_phone", "phone_verified_at", "time_zone",
+    "email", "first_name", "last_name", "phone", "phone_from_inviter", "cell_phone", "phone_verified_at", "time_zone",
     "ada_number", "specialties", "status", "two_step_required", "securemail_paid", "roles",
     "password_reset_required", "failed_logins", "locked_at", "terms_version", "terms_accepted_at",
     "pending_email", "last_login_at", "last_invited_at", "registered_at", "practice_id",
@@ -101,8 +101,8 @@ async def create_user(
 ) -> Record:
     return await conn.fetchrow(
         "INSERT INTO users (id, email, practice_id, invited_by_practice, first_name, last_name, phone,"
-        " cell_phone, roles, two_step_required, time_zone, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING *",
+        " phone_from_inviter, cell_phone, roles, two_step_required, time_zone, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7::text, $7::text IS NOT NULL, $8, $9, $10, $11, $12, $12) RETURNING *",
         uuid.uuid4(), email.strip(), practice_id, invited_by_practice, first_name, last_name, phone,
         cell_phone, list(roles), two_step_required, time_zone, now,
     )

@@ -368,8 +368,12 @@ async function viewRegister(params) {
     h("p", {}, "You were invited to MySecurePractice", inv.practice_name ? ` by ${inv.practice_name}` : "", " as ", h("strong", {}, inv.email), "."),
     field("First name", { name: "first_name", autocomplete: "given-name", required: true, value: inv.first_name || "" }),
     field("Last name", { name: "last_name", autocomplete: "family-name", required: true, value: inv.last_name || "" }),
-    inv.two_step_required ? field("Phone for 2-Step Verification", { name: "phone", type: "tel", autocomplete: "tel" },
-      (inv.phone_hint ? `Leave empty to use ${inv.phone_hint}. ` : "") + "Use a number without a dial tree: an automated menu stops the call from reaching you.") : null,
+    // A number the inviter entered is the one to prove (the server refuses another): it is shown, not asked.
+    !inv.two_step_required ? null : inv.phone_hint
+      ? h("p", { class: "hint", id: "phone-on-file" }, `Your 2-Step Verification code will go to the number ${inv.practice_name || "your practice"} has on file for you (${inv.phone_hint}). `,
+          "If that number is wrong, ask them to correct it, then follow this link again.")
+      : field("Phone for 2-Step Verification", { name: "phone", type: "tel", autocomplete: "tel", required: true },
+          "Use a number without a dial tree: an automated menu stops the call from reaching you."),
     ...pw.nodes,
     termsView(inv.terms_version),
     h("label", { class: "check", for: "f-terms" }, h("input", { id: "f-terms", name: "accept_terms", type: "checkbox", required: true }),
