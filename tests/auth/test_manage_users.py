@@ -268,3 +268,23 @@ async def test_support_finds_users_by_name_and_pages_through_them(auth: Auth, wo
         assert bad.status == 400 and list(bad.body["details"]["fields"]) == [field], query
     # a User Manager cannot search beyond their practice through it
     assert (await auth.call("GET", "/admin/users?name=ann", who=auth.user_identity(world["um"]))).status == 403
+
+
+async def test_two_step_is_not_required_of_a_registered_user_with_no_phone_for_the_codes(auth: Auth, world: dict) -> None:
+    """Otherwise their next password reset would quietly go without it (nothing to send a code
+    to). An invited user may have it on: registration asks them for a number."""
+    who = auth.user_identity(world["um"])
+    no_phone = await auth.make_user("nophone@a.example", practice=world["a"], phone=None)
+    refused = await auth.call("PATCH", f"/practice/users/{no_phone['id']}", {"two_step_required": True}, who=who)
+    assert refused.status == 409 and refused.body["error"] == "no_phone"
+    assert (await auth.user(no_phone["id"]))["two_step_required"] is False
+    mine = await auth.call("PATCH", "/me", {"two_step_required": True}, who=auth.user_identity(no_phone))
+    assert mine.status == 422 and mine.body["error"] == "phone_required"
+    assert (await auth.user(no_phone["id"]))["two_step_required"] is False
+
+    invited = await auth.make_user("invited-nophone@a.example", password=None, practice=world["a"], phone=None)
+    await auth.pool.execute("UPDATE users SET two_step_required = false WHERE id = $1", invited["id"])
+    on = await auth.call("PATCH", f"/practice/users/{invited['id']}", {"two_step_required": True}, who=who)
+    assert on.status == 200 and on.body["user"]["two_step_required"] is True
+    with_phone = await auth.call("PATCH", f"/practice/users/{world['member']['id']}", {"two_step_required": True}, who=who)
+    assert with_phone.status == 200

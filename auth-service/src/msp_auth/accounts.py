@@ -200,6 +200,13 @@ def phone_to_prove(user: asyncpg.Record, typed: str | None) -> str | None:
     return typed or user["phone"]
 
 
+def two_step_without_phone(user: asyncpg.Record) -> bool:
+    """Whether requiring 2-step now would leave it nothing to send codes to. A registered
+    user needs a number on file first, or their next password reset would go without it;
+    an invited user is asked for one when they register."""
+    return user["status"] != "invited" and not user["phone"]
+
+
 def two_step_applies(user: asyncpg.Record) -> bool:
     return bool(user["two_step_required"] and user["phone"])
 

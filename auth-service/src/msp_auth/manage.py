@@ -28,7 +28,7 @@ from msp_shared.events import UserRegistered
 from msp_shared.web import read_model, require_user
 
 from . import phones, store
-from .accounts import Ctx, ctx, practice_view, revoke_sessions
+from .accounts import Ctx, ctx, practice_view, revoke_sessions, two_step_without_phone
 from .invitations import create_invited_user, send_invitation
 
 USER_MANAGER = "user_manager"
@@ -192,6 +192,9 @@ async def patch_practice_user(request: web.Request) -> web.Response:
             if "cell_phone" in contact:
                 changes["cell_phone"] = _phone(body.cell_phone, c, "cell_phone")
         if body.two_step_required is not None and body.two_step_required != target["two_step_required"]:
+            if body.two_step_required and two_step_without_phone(target):
+                raise ApiError(409, "no_phone", "This user has no phone number on file for the codes. They can add one "
+                               "in their profile, and turn 2-Step Verification on there.")
             changes["two_step_required"] = body.two_step_required
             if not body.two_step_required and target["status"] == "registered_unverified":
                 changes["status"] = "verified"  # nothing left to prove: fully registered

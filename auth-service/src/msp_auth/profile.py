@@ -17,7 +17,9 @@ from msp_shared.mailer import request_email
 from msp_shared.web import read_model, require_user
 
 from . import phones, store, tokens
-from .accounts import PHONE_CHANGE, SERVICE, check_proof, consume_proof, ctx, public_user, verification
+from .accounts import (
+    PHONE_CHANGE, SERVICE, check_proof, consume_proof, ctx, public_user, two_step_without_phone, verification,
+)
 
 _ZONES = frozenset(available_timezones())
 
@@ -82,6 +84,8 @@ async def patch_me(request: web.Request) -> web.Response:
         if "cell_phone" in sent:
             changes["cell_phone"] = _normalize_phone(body.cell_phone, c.settings.phone_default_region, "cell_phone") if body.cell_phone else None
         if "two_step_required" in sent and body.two_step_required is not None and body.two_step_required != user["two_step_required"]:
+            if body.two_step_required and two_step_without_phone(user):
+                raise ApiError(422, "phone_required", "Add and confirm your phone number first: the codes are sent to it.")
             changes["two_step_required"] = body.two_step_required
             await c.audit(conn, "two_step_changed", subject=user["id"], practice_id=user["practice_id"],
                           required=body.two_step_required)
