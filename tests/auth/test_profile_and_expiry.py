@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from msp_auth.keys import AUTH_SETTINGS, SEALER
 from msp_auth.tasks import send_expiry_warnings
 from msp_shared.web import CLOCK, POOL
 
 from auth_kit import Auth, token_from_link
+
+APP_JS = Path(__file__).resolve().parents[2] / "gateway/src/msp_gateway/static/app.js"
 
 
 async def test_profile_edits_and_validation(auth: Auth) -> None:
@@ -87,6 +90,10 @@ async def test_expiry_warnings_14_7_1_days_before_each_sent_once(auth: Auth) -> 
     assert await run_pass() == ["1"]
     assert await run_pass() == []
     assert len(await auth.audit("password_expiry_warning")) >= 3
+    # The mail's link opens the web app's change-password page (a route it has).
+    link = (await auth.emails("password_expiry_warning"))[-1]["link"]
+    assert link == app[AUTH_SETTINGS].public_url.rstrip("/") + "/#/change-password"
+    assert '"#/change-password": viewChangePassword' in APP_JS.read_text()
     # A new password starts the clock again.
     changed = await auth.call("POST", "/me/password", {"current_password": "Tulip-Harbor-42!",
                                                        "new_password": "Amber-Lagoon-55!"}, who=auth.user_identity(user))

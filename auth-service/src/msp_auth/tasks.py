@@ -51,7 +51,7 @@ async def send_expiry_warnings(pool: asyncpg.Pool, settings: AuthSettings, seale
                 await request_email(
                     conn, sealer, template="password_expiry_warning", to=row["email"],
                     params={"days_left": str(expiry.days_left(row["password_changed_at"], now, settings.password_max_age_days))},
-                    secrets={"link": settings.public_url.rstrip("/") + "/#/profile/password"},
+                    secrets={"link": settings.public_url.rstrip("/") + "/#/change-password"},
                     requested_by=SERVICE,
                 )
                 await store.mark_expiry_warnings(conn, row["id"], warning.mark_sent)
