@@ -268,7 +268,8 @@ async def email_invoices(request: web.Request) -> web.Response:
     pool, clock = request.app[POOL], request.app[CLOCK]
     payer = await store.payer(pool, ident.user_id)
     if payer is None or not payer["email_sealed"]:
-        raise ApiError(422, "no_billing_email", "Set a card and billing email address first.")
+        raise ApiError(422, "no_billing_email", "No card and billing email address are on file for you yet: "
+                       "the PBHS Billing Dept. (800-840-5383) sets them up.")
     rows = await store.invoices_paid_by(pool, ident.user_id, user_id=ident.user_id)
     if not rows:
         raise ApiError(422, "no_invoices", "There are no invoices for your account yet.")

@@ -42,7 +42,7 @@ def check_purchase(facts: PurchaseFacts) -> None:
             "Your account is paid for by another User Manager, so you cannot pay for other accounts.",
         )
     if not facts.has_card:
-        raise ApiError(422, "card_required", "Add a credit card before purchasing SecureMail.")
+        raise ApiError(422, "card_required", "There is no credit card on file for you. To add one, contact the PBHS Billing Dept. at 800-840-5383.")
 
 
 def idempotency_key(payer_id: str, user_id: str, generation: int, payment_method_id: str) -> str:

@@ -497,8 +497,12 @@ async function viewProfile() {
   const practice = me.practice ? h("p", { class: "hint" }, `Practice: ${me.practice.name || ""}. Practice details can only be changed by PBHS Support.`) : null;
   const expiry = me.password_expiry_warning_days ? h("p", { class: "notice" }, `Your password expires in ${me.password_expiry_warning_days} days.`) : null;
   const manager = (me.roles || []).includes("user_manager");
-  pageFor(seq, "Profile", expiry, h("div", { class: "card" }, practice, form, phoneBox),
-    manager ? h("p", {}, h("a", { href: "#/invoices" }, "SecureMail payments and invoices")) : null);
+  // The help page sends User Managers to Profile, "Messaging", "View Invoices".
+  const messaging = manager ? h("section", { class: "card gap", "aria-labelledby": "messaging-h" },
+    h("h2", { id: "messaging-h" }, "Messaging"),
+    h("p", {}, "Your SecureMail payments, for your account and any others you pay for."),
+    h("a", { class: "button", href: "#/invoices" }, "View Invoices")) : null;
+  pageFor(seq, "Profile", expiry, h("div", { class: "card" }, practice, form, phoneBox), messaging);
 }
 
 function userStatus(u) {
@@ -580,7 +584,9 @@ function editUser(u) {
     box.focus();
   };
   if (u.securemail_paid) securemail.replaceChildren(h("p", { class: "notice" }, "SecureMail is paid for this user."));
-  else offer();
+  else if (u.status !== "verified") {  // billing knows a user once fully registered: nothing to charge before
+    securemail.replaceChildren(h("p", { class: "hint" }, "SecureMail can be purchased for this user once they have registered fully."));
+  } else offer();
   page(`Edit ${u.email}`, h("div", { class: "card narrow" }, form, h("h2", {}, "SecureMail"), securemail, err,
     h("p", {}, h("a", { href: "#/users", onclick: (e) => { e.preventDefault(); viewUsers(); } }, "Back to Manage Users"))));
 }
@@ -824,9 +830,19 @@ async function viewInvoices() {
     cell("Period", i.period_start ? `${new Date(i.period_start).toLocaleDateString()} – ${new Date(i.period_end).toLocaleDateString()}` : ""),
     cell("Amount", money(i.amount_cents, i.currency)),
     cell("Status", h("span", { class: "badge" + (i.status === "paid" ? " good" : "") }, i.status))));
+  const mailErr = errorBox();
+  const mailButton = h("button", { type: "button", class: "secondary", onclick: async () => {
+    mailButton.disabled = true; mailErr.hidden = true;
+    try {
+      const sent = await api("POST", "/billing/invoices/email", {});
+      say(`${sent.invoices === 1 ? "Your invoice is" : `Your ${sent.invoices} invoices are`} on the way to your billing email address.`);
+    } catch (ex) { showError(mailErr, ex); mailErr.focus(); }
+    mailButton.disabled = false;
+  } }, "Email my invoices");
   pageFor(seq, "SecureMail payments",
     h("p", {}, card ? `Card on file: ${card.brand || "card"} ending in ${card.last4}, expires ${card.exp_month}/${card.exp_year}.` : "No credit card on file."),
     h("p", { class: "hint" }, "To change the payment method, contact the PBHS Billing Dept. at 800-840-5383."),
+    h("div", { class: "row" }, mailButton, h("span", { class: "hint" }, "The invoices for your own account only, to your billing email address.")), mailErr,
     invoices.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Invoice"), h("th", { scope: "col" }, "Period"), h("th", { scope: "col" }, "Amount"), h("th", { scope: "col" }, "Status"))),
       h("tbody", {}, rows))) : h("p", { class: "hint" }, "No invoices yet."), err);
