@@ -72,3 +72,29 @@ async def test_bad_input_is_refused(auth: Auth) -> None:
 def test_the_gateway_does_not_route_internal_paths() -> None:
     assert service_for("/internal/recipients") is None
     assert service_for("/messages") == "mail"
+
+
+async def test_a_new_recipient_gets_the_numbers_the_sender_entered_an_existing_account_keeps_its_own(auth: Auth) -> None:
+    """The help page: the manager edits "the phone number or cell phone number you entered
+    during the sending of the original message"; the invited recipient then proves that phone."""
+    practice = await auth.make_practice("Bright Smiles Dental")
+    sender = await auth.make_user("dr.sender@example.com", practice=practice)
+    known = await auth.make_user("known@other.example", practice=await auth.make_practice("Other"))
+    resp = await auth.call("POST", "/internal/recipients", {
+        "emails": ["new.patient@example.org", "known@other.example"], "sender_id": str(sender["id"]),
+        "phones": {"New.Patient@example.org": {"phone": "(202) 555-0161", "cell_phone": "202-555-0162"},
+                   "known@other.example": {"phone": "202-555-0199"}},
+    }, who=SERVICE)
+    assert resp.status == 200, resp.body
+    invited = await auth.user(resp.body["recipients"][0]["user_id"])
+    assert (invited["phone"], invited["cell_phone"], invited["phone_from_inviter"]) == ("+12025550161", "+12025550162", True)
+    assert (await auth.user(known["id"]))["phone"] == known["phone"]  # a sender never changes someone's numbers
+    form = await auth.call("GET", f"/invitations/{await auth.invitation_token('new.patient@example.org')}")
+    assert form.body["phone_hint"].endswith("61")
+
+    for phones, field in [({"new2@example.org": {"phone": "12"}}, "phones.new2@example.org.phone"),
+                          ({"stranger@example.org": {"phone": "202-555-0163"}}, "phones.stranger@example.org")]:
+        bad = await auth.call("POST", "/internal/recipients", {
+            "emails": ["new2@example.org"], "sender_id": str(sender["id"]), "phones": phones}, who=SERVICE)
+        assert bad.status == 400 and list(bad.body["details"]["fields"]) == [field]
+    assert await auth.pool.fetchval("SELECT count(*) FROM users WHERE email = 'new2@example.org'") == 0  # nothing half-done

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from e2e_kit import MakeMember, Member, needs_chromium
+from msp_shared.web import POOL
 from playwright.async_api import Locator, Page, expect
 from stack import Stack
 
@@ -212,3 +213,22 @@ async def test_sending_attachments_shows_the_upload_progress(page: Page, stack: 
     assert seen and seen[0] == "0" and seen[-1] == "100", seen
     assert any(0 < int(v) < 100 for v in seen), f"no progress reported along the way: {seen}"
     assert [int(v) for v in seen] == sorted(int(v) for v in seen), seen
+
+
+async def test_a_new_recipients_phone_is_entered_with_the_message(page: Page, stack: Stack, member: MakeMember) -> None:
+    """The number the sender enters is the one the new recipient proves when registering; a
+    typo is refused before the upload, with the form kept."""
+    sender = await member("dr.sender@bright.example", "Bright Smiles", paid=True)
+    await log_in(page, sender)
+    await compose(page, "new.patient@example.org", [{"name": "scan.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7\n"}])
+    await page.get_by_text("A new recipient's phone numbers (optional)").click()
+    await page.get_by_label("Recipient's phone", exact=True).fill("555")
+    await page.get_by_role("button", name="Send securely").click()
+    await expect(page.get_by_role("alert")).to_contain_text("Some fields are missing or invalid.")
+    await expect(page.get_by_label("Subject")).to_have_value("Ana Lopez tooth 14")  # nothing lost
+
+    await page.get_by_label("Recipient's phone", exact=True).fill("(202) 555-0181")
+    await page.get_by_role("button", name="Send securely").click()
+    await expect(page.get_by_role("status")).to_have_text("Your secure message has been sent.")
+    phone = await stack.auth_app[POOL].fetchval("SELECT phone FROM users WHERE email = 'new.patient@example.org'")
+    assert phone == "+12025550181"

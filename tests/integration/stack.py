@@ -1,7 +1,12 @@
-"""The whole stack for end-to-end tests through the gateway: gateway, auth-, verify- and
-mail-service built from their factories on real sockets (real PostgreSQL and RabbitMQ), one
-ManualClock shared by all of them, mail delivered to the dev SMTP server and read back from
-its .eml files, SMS and voice codes read from the dev outbox's sms.jsonl.
+"""The whole stack for end-to-end tests through the gateway: gateway, auth-, verify-, mail-
+and billing-service built from their factories on real sockets (real PostgreSQL and
+RabbitMQ), one ManualClock shared by all of them, mail delivered to the dev SMTP server and
+read back from its .eml files, SMS and voice codes read from the dev outbox's sms.jsonl.
+
+billing-service talks to the local Stripe-compatible server (msp_billing.stripe_local, also
+on a real socket) through the official stripe SDK, as in tests/billing; that server signs
+its webhooks and posts them to the gateway's public URL, the way Stripe reaches billing in
+production (POST /api/v1/billing/webhooks/stripe, the one route without a session).
 
 Use the `stack` fixture (tests/integration/conftest.py). A test module changes a service's
 settings by overriding the `stack_settings` fixture:
@@ -32,6 +37,9 @@ from aiohttp.test_utils import TestServer
 
 from msp_auth.app import create_app as create_auth
 from msp_auth.config import AuthSettings
+from msp_billing import stripe_local
+from msp_billing.app import create_app as create_billing
+from msp_billing.config import BillingSettings
 from msp_gateway.app import create_app as create_gateway
 from msp_gateway.config import GatewaySettings
 from msp_mail.app import create_app as create_mail
@@ -45,6 +53,10 @@ from msp_verify.config import VerifySettings
 SUPPORT_EMAIL = "support@stack.test"
 SUPPORT_PASSWORD = "Harbor-Operator-Lantern-73!"
 
+# The local Stripe server's keys for the stack (any sk_test_/whsec_ pair shared by both ends).
+STRIPE_API_KEY = "sk_test_msp_stack"
+STRIPE_WEBHOOK_SECRET = "whsec_msp_stack"
+
 
 @dataclass
 class Stack:
@@ -57,6 +69,8 @@ class Stack:
     amqp_url: str
     exchange: str
     clock: ManualClock
+    billing_app: web.Application
+    stripe: stripe_local.StripeState  # the local Stripe server's objects (customers, subscriptions, invoices)
     browsers: list[Browser] = field(default_factory=list)
 
     def browser(self) -> Browser:
@@ -102,8 +116,8 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 20.0, what: s
 @asynccontextmanager
 async def build_stack(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_path: Path,
                       overrides: dict[str, dict] | None = None) -> AsyncIterator[Stack]:
-    """Start the four services and the dev SMTP server; `overrides` maps "auth", "verify",
-    "mail", "gateway" to extra settings for that service."""
+    """Start the five services, the local Stripe server and the dev SMTP server; `overrides`
+    maps "auth", "verify", "mail", "billing", "gateway" to extra settings for that service."""
     overrides = overrides or {}
     servers: list[TestServer] = []
 
@@ -142,16 +156,29 @@ async def build_stack(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_
                 "shutdown_grace_seconds": 2, "message_sweep_interval_seconds": 3600,
                 **overrides.get("mail", {})}), clock=clock)
             mail_url = await serve(mail_app)
+            # Stripe's clock is the real one: the SDK checks webhook signatures against it.
+            stripe_app = stripe_local.create_app(
+                api_key=STRIPE_API_KEY, webhook_secret=STRIPE_WEBHOOK_SECRET,
+                webhook_url=f"{public_url}/api/v1/billing/webhooks/stripe")
+            stripe_state = stripe_app[stripe_local.STATE]
+            stripe_url = await serve(stripe_app)
+            billing_app = create_billing(BillingSettings(**{
+                **base_env, "stripe_api_key": STRIPE_API_KEY, "stripe_api_base": stripe_url,
+                "stripe_webhook_secret": STRIPE_WEBHOOK_SECRET, "stripe_max_network_retries": 0,
+                "shutdown_grace_seconds": 2, **overrides.get("billing", {})}), clock=clock)
+            billing_url = await serve(billing_app)
             gateway_app = create_gateway(GatewaySettings(**{
                 **base_env, "auth_url": auth_url, "verify_url": verify_url, "mail_url": mail_url,
-                "billing_url": auth_url, "public_url": public_url, "shutdown_grace_seconds": 2,
+                "billing_url": billing_url, "public_url": public_url, "shutdown_grace_seconds": 2,
                 "session_purge_seconds": 3600, **overrides.get("gateway", {})}), clock=clock)
             await serve(gateway_app, gateway_sock)
             stack = Stack(public_url, auth_app, verify_app, mail_app, gateway_app, dev_outbox,
-                          base_env["amqp_url"], base_env["bus_exchange"], clock)
+                          base_env["amqp_url"], base_env["bus_exchange"], clock,
+                          billing_app=billing_app, stripe=stripe_state)
             try:
                 yield stack
             finally:
+                stripe_state.webhook_url = None  # no deliveries to a gateway that is stopping
                 for browser in stack.browsers:
                     await browser.close()
         finally:

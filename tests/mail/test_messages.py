@@ -293,3 +293,28 @@ async def test_restricted_sessions_read_nothing(stack: Stack) -> None:
         assert (await stack.download(restricted, m["id"], m["attachments"][0]["id"])).status == 403
         assert (await stack.call("GET", "/cases", restricted)).status == 403
     assert (await stack.call("GET", f"/messages/{m['id']}/disclosures", sender)).body["disclosures"] == []
+
+
+async def test_the_sender_enters_a_new_recipients_phone_numbers(stack: Stack) -> None:
+    """The help page: a User Manager later edits "the phone number or cell phone number you
+    entered during the sending of the original message". A bad number is refused before any
+    file is stored and before anyone is invited; an existing account keeps its own numbers."""
+    practice = await stack.practice("Bright Smiles Dental")
+    sender = await stack.user("dr.sender@example.com", practice, paid=True)
+    known = await stack.user("dr.known@other.example", await stack.practice("Other Ortho"))
+
+    for phones, field in [({"new.patient@example.org": {"phone": "555"}}, "recipient_phones.new.patient@example.org.phone"),
+                          ({"someone.else@example.org": {"phone": "202-555-0171"}}, "recipient_phones.someone.else@example.org")]:
+        refused = await stack.send(sender, ["new.patient@example.org"], [("x.pdf", PDF)], recipient_phones=phones)
+        assert refused.status == 400 and list(refused.body["details"]["fields"]) == [field], refused.body
+    assert await stack.counts() == {"messages": 0, "message_recipients": 0, "attachments": 0}
+    assert await stack.auth_pool.fetchval("SELECT count(*) FROM users WHERE email = 'new.patient@example.org'") == 0
+
+    sent = await stack.send(sender, ["new.patient@example.org", known.email], [("x.pdf", PDF)], recipient_phones={
+        "new.patient@example.org": {"phone": "(202) 555-0172", "cell_phone": "202 555 0173"},
+        known.email: {"phone": "202-555-0174"}})
+    assert sent.status == 201, sent.body
+    numbers = {r["email"]: (r["phone"], r["cell_phone"]) for r in await stack.auth_pool.fetch(
+        "SELECT email, phone, cell_phone FROM users WHERE email = ANY($1)", ["new.patient@example.org", known.email])}
+    assert numbers["new.patient@example.org"] == ("+12025550172", "+12025550173")
+    assert numbers[known.email][0] != "+12025550174"  # a sender never changes someone's numbers

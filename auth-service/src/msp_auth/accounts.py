@@ -16,6 +16,7 @@ from msp_shared.clock import Clock
 from msp_shared.errors import ApiError
 from msp_shared.events import SessionsRevoked
 from msp_shared.identity import Identity
+from msp_shared.phones import hint
 from msp_shared.seal import Sealer
 from msp_shared.web import CLOCK, POOL, current_identity
 
@@ -23,7 +24,6 @@ from . import expiry, policy, store
 from .config import AuthSettings
 from .hashing import Hasher
 from .keys import AUTH_SETTINGS, BLOCKLIST, HASHER, SEALER
-from .phones import hint
 
 SERVICE = "auth"
 

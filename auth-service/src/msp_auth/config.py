@@ -74,7 +74,6 @@ class AuthSettings(ServiceSettings):
 
     terms_version: str = Field("2026-01", description="Current Terms of Use version a registering user must accept.")
     default_time_zone: str = Field("America/New_York", description="Time zone given to new users.")
-    phone_default_region: str = Field("US", description="Region assumed for phone numbers written without +country code.")
 
     # Support account seeded at start (idempotent); unset either to seed nothing.
     seed_support_email: str | None = Field(

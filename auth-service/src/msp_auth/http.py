@@ -12,13 +12,13 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from msp_shared import outbox
+from msp_shared import outbox, phones
 from msp_shared.errors import ApiError
 from msp_shared.events import UserLocked, UserRegistered
 from msp_shared.mailer import request_email
 from msp_shared.web import read_model, require_user
 
-from . import lockout, phones, policy, store, terms, tokens
+from . import lockout, policy, store, terms, tokens
 from .accounts import (
     PASSWORD_RESET, REGISTRATION, SERVICE, Ctx, PhoneNotOnFile, check_proof, consume_proof, ctx, password_violations,
     phone_to_prove, public_user, refuse, revoke_sessions, rules, session_answer, signed_in, two_step_applies, verification,

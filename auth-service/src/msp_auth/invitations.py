@@ -80,15 +80,20 @@ async def invite_recipient(
     email: str,
     sender_practice_id: uuid.UUID,
     sender_id: uuid.UUID,
+    phone: str | None = None,
+    cell_phone: str | None = None,
 ) -> asyncpg.Record:
-    """Seam for mail-service: a secure message to an address with no account invites it.
+    """Seam for mail-service: a secure message to an address with no account invites it,
+    with the phone numbers the sender entered (E.164; the registration code goes to `phone`).
     The recipient belongs to no practice yet; the sender's practice sees them in Manage Users
-    until they register. An address that already has an account is returned unchanged."""
+    until they register. An address that already has an account is returned unchanged: a
+    sender never changes someone else's numbers."""
     existing = await store.get_user_by_email(conn, email)
     if existing is not None:
         return existing
     user = await create_invited_user(
         conn, settings=settings, now=now, email=email, practice_id=None, invited_by_practice=sender_practice_id,
+        phone=phone, cell_phone=cell_phone,
     )
     practice = await store.get_practice(conn, sender_practice_id)
     await send_invitation(conn, settings=settings, sealer=sealer, now=now, user=user, practice=practice, invited_by=sender_id)

@@ -22,12 +22,12 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from msp_shared import outbox
+from msp_shared import outbox, phones
 from msp_shared.errors import ApiError, forbidden, not_found
 from msp_shared.events import UserRegistered
 from msp_shared.web import read_model, require_user
 
-from . import phones, store
+from . import store
 from .accounts import Ctx, ctx, practice_view, revoke_sessions, two_step_without_phone
 from .invitations import create_invited_user, send_invitation
 

@@ -12,11 +12,12 @@ from zoneinfo import available_timezones
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from msp_shared import phones
 from msp_shared.errors import ApiError
 from msp_shared.mailer import request_email
 from msp_shared.web import read_model, require_user
 
-from . import phones, store, tokens
+from . import store, tokens
 from .accounts import (
     PHONE_CHANGE, SERVICE, check_proof, consume_proof, ctx, public_user, two_step_without_phone, verification,
 )

@@ -1,8 +1,13 @@
 """Internal endpoint for mail-service: turn the recipients of a secure message (email
 addresses) into user ids now, inviting the addresses that have no account.
 
-    POST /internal/recipients {"emails": [...], "inviting_practice_id", "sender_id"}
+    POST /internal/recipients {"emails": [...], "inviting_practice_id", "sender_id",
+                               "phones"?: {email: {"phone"?, "cell_phone"?}}}
     → 200 {"recipients": [{"email", "user_id", "invited"}], "sender": {...}}
+
+`phones` are the numbers the sender entered for recipients new to the portal: an invited
+recipient gets them (the help page's "phone number ... you entered during the sending of the
+original message"), and proves `phone` when registering. Ignored for existing accounts.
 
 Only services may call it (a signed identity with the "service" role); the gateway does not
 route /internal at all. A new recipient is created "invited", belongs to no practice, shows
@@ -18,6 +23,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from msp_shared import phones
 from msp_shared.errors import ApiError
 from msp_shared.web import current_identity, read_model
 
@@ -28,12 +34,41 @@ SERVICE_ROLE = "service"
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
+class PhonesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = Field(None, max_length=40)
+    cell_phone: str | None = Field(None, max_length=40)
+
+
 class RecipientsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     emails: list[str] = Field(default_factory=list, max_length=100)
     inviting_practice_id: uuid.UUID | None = None
     sender_id: uuid.UUID
+    phones: dict[str, PhonesIn] = Field(default_factory=dict, max_length=100)
+
+
+def _numbers(body: RecipientsIn, region: str) -> dict[str, dict[str, str | None]]:
+    """The senders' numbers by lower-cased address, in E.164; 400 naming each bad one."""
+    emails = {e.strip().lower() for e in body.emails}
+    numbers, bad = {}, {}
+    for address, given in body.phones.items():
+        key = address.strip().lower()
+        if key not in emails:
+            bad[f"phones.{address}"] = "not one of the recipients"
+            continue
+        numbers[key] = {}
+        for field in ("phone", "cell_phone"):
+            raw = getattr(given, field)
+            try:
+                numbers[key][field] = phones.normalize(raw, region=region) if raw and raw.strip() else None
+            except phones.InvalidPhone:
+                bad[f"phones.{address}.{field}"] = "Enter a valid phone number, with the area code."
+    if bad:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": bad})
+    return numbers
 
 
 def require_service(request: web.Request) -> None:
@@ -59,9 +94,10 @@ async def resolve(request: web.Request) -> web.Response:
     if bad:
         raise ApiError(400, "invalid_input", "Some addresses are not valid.", {"fields": {f"emails.{i}": "invalid" for i in bad}})
     c = ctx(request)
+    numbers = _numbers(body, c.settings.phone_default_region)
     for attempt in (1, 2):
         try:
-            return await _resolve(c, body)
+            return await _resolve(c, body, numbers)
         except asyncpg.UniqueViolationError:
             # Another message invited the same new address at the same moment: that account
             # exists now, so the second attempt finds it.
@@ -70,7 +106,7 @@ async def resolve(request: web.Request) -> web.Response:
     raise AssertionError("unreachable")
 
 
-async def _resolve(c, body: RecipientsIn) -> web.Response:  # noqa: ANN001 - accounts.Ctx
+async def _resolve(c, body: RecipientsIn, numbers: dict[str, dict[str, str | None]]) -> web.Response:  # noqa: ANN001
     async with c.pool.acquire() as conn, conn.transaction():
         sender = await store.get_user(conn, body.sender_id)
         if sender is None:
@@ -85,7 +121,7 @@ async def _resolve(c, body: RecipientsIn) -> web.Response:  # noqa: ANN001 - acc
             if user is None:
                 user = await invitations.invite_recipient(
                     conn, settings=c.settings, sealer=c.sealer, now=c.now, email=email,
-                    sender_practice_id=inviting, sender_id=sender["id"],
+                    sender_practice_id=inviting, sender_id=sender["id"], **numbers.get(email.lower(), {}),
                 )
             answer.append({"email": user["email"], "user_id": str(user["id"]), "invited": invited})
     return web.json_response({"recipients": answer, "sender": sender_view(sender, practice)})

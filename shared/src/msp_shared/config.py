@@ -66,3 +66,4 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, description="Time allowed for in-flight work on shutdown.")
     public_url: str = Field("http://127.0.0.1:8080", description="Where users open the portal (links in emails).")
     dev_outbox: str = Field("var/outbox", description="Dev outbox folder: local mail and SMS land here.")
+    phone_default_region: str = Field("US", description="Region assumed for phone numbers written without +country code.")

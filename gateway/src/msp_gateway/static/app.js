@@ -795,9 +795,17 @@ function viewCompose() {
     if (tooBig()) { showError(err, { message: "Attachments may total at most 300 MB per message." }); err.focus(); return; }
     const bad = refused();
     if (bad.length) { showError(err, { message: `This file type is not accepted: ${bad.map((f) => f.name).join(", ")}.` }); err.focus(); return; }
+    // Numbers for a recipient new to the portal (their invitation and registration code use them).
+    const numbers = { phone: (fd.get("recipient_phone") || "").trim(), cell_phone: (fd.get("recipient_cell_phone") || "").trim() };
+    const withNumbers = numbers.phone || numbers.cell_phone;
+    if (withNumbers && to.length !== 1) {
+      showError(err, { message: "Phone numbers can be given for one recipient at a time. For several, add them later in Manage Users (Edit)." });
+      err.focus(); return;
+    }
     // The mail service reads a JSON part named "message" first, then the files.
     const body = new FormData();
-    body.append("message", JSON.stringify({ to, subject: fd.get("subject"), body: fd.get("body") }));
+    body.append("message", JSON.stringify({ to, subject: fd.get("subject"), body: fd.get("body"),
+                                            recipient_phones: withNumbers ? { [to[0]]: numbers } : {} }));
     for (const f of files.files) body.append("file", f, f.name);
     const button = form.querySelector("button[type=submit]"); button.disabled = true;
     const withFiles = files.files.length > 0;
@@ -809,6 +817,11 @@ function viewCompose() {
     } catch (ex) { say(""); progress.hidden = true; showError(err, ex); err.focus(); } finally { button.disabled = false; }
   } },
     field("To", { name: "to", type: "text", required: true, autocomplete: "off", inputmode: "email" }, "Separate several addresses with commas. Someone without an account is invited to register to read it."),
+    h("details", { class: "field" }, h("summary", {}, "A new recipient's phone numbers (optional)"),
+      h("p", { class: "hint" }, "For someone without an account yet: their registration code goes to this phone, so they prove who they are. " +
+        "It must not have a dial tree. Ignored for people who already have an account."),
+      field("Recipient's phone", { name: "recipient_phone", type: "tel", maxlength: 40, autocomplete: "off" }),
+      field("Recipient's cell phone", { name: "recipient_cell_phone", type: "tel", maxlength: 40, autocomplete: "off" })),
     field("Subject", { name: "subject", required: true, maxlength: 300 }),
     h("label", { for: "f-body" }, "Message", h("textarea", { id: "f-body", name: "body" })),
     h("div", { class: "field" }, h("label", { for: "f-files" }, "Attachments"), files,

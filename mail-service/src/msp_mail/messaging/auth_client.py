@@ -2,7 +2,7 @@
 addresses into user ids now (inviting addresses without an account), and tells who the
 sender is (name and practice, shown to recipients and named in the notification email).
 
-    POST {auth_url}/internal/recipients {"emails", "inviting_practice_id", "sender_id"}
+    POST {auth_url}/internal/recipients {"emails", "inviting_practice_id", "sender_id", "phones"}
     → {"recipients": [{"email", "user_id", "invited"}], "sender": {...}}
 
 The call carries a service identity ("service:mail", role "service") signed like the
@@ -30,7 +30,7 @@ class Resolved:
 
 
 async def resolve(session: aiohttp.ClientSession, settings: Any, clock: Clock, *, emails: list[str],
-                  sender_id: str, practice_id: str | None) -> Resolved:
+                  sender_id: str, practice_id: str | None, phones: dict[str, dict[str, str]] | None = None) -> Resolved:
     header = identity.sign(
         SERVICE_IDENTITY,
         secret=settings.identity_secret.get_secret_value().encode(),
@@ -40,7 +40,7 @@ async def resolve(session: aiohttp.ClientSession, settings: Any, clock: Clock, *
     inject = getattr(telemetry, "inject_http", None)
     if inject is not None:
         inject(headers)
-    body = {"emails": emails, "inviting_practice_id": practice_id, "sender_id": sender_id}
+    body = {"emails": emails, "inviting_practice_id": practice_id, "sender_id": sender_id, "phones": phones or {}}
     try:
         async with session.post(
             settings.auth_url.rstrip("/") + PATH, json=body, headers=headers,
@@ -48,7 +48,8 @@ async def resolve(session: aiohttp.ClientSession, settings: Any, clock: Clock, *
         ) as resp:
             answer = await resp.json(content_type=None)
             if resp.status == 400:
-                raise ApiError(400, "invalid_input", "Some recipients' addresses are not valid.", answer.get("details") or {})
+                raise ApiError(400, "invalid_input", "Some recipients' addresses or numbers are not valid.",
+                               answer.get("details") or {})
             if resp.status != 200:
                 raise UNAVAILABLE
     except (aiohttp.ClientError, TimeoutError, ValueError):

@@ -18,6 +18,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from msp_shared import phones
 from msp_shared.errors import ApiError
 from msp_shared.identity import Identity
 from msp_shared.mailer import request_email
@@ -36,11 +37,19 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RecipientPhones(Model):
+    phone: str | None = Field(None, max_length=40)
+    cell_phone: str | None = Field(None, max_length=40)
+
+
 class ComposeIn(Model):
     to: list[str] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     subject: str = Field(min_length=1, max_length=300)
     body: str = Field("", max_length=200_000)
     expires_in_days: int | None = None
+    # Numbers for recipients new to the portal, by address: their invitation carries them
+    # and the registration code goes to `phone`. Ignored for people who have an account.
+    recipient_phones: dict[str, RecipientPhones] = Field(default_factory=dict, max_length=MAX_RECIPIENTS)
 
 
 class ReplyIn(Model):
@@ -113,6 +122,31 @@ def _normalise_recipients(addresses: list[str]) -> list[str]:
         raise ApiError(400, "invalid_input", "Some recipients' addresses are not valid.",
                        {"fields": {"to": "Enter valid email addresses."}})
     return list(seen.values())
+
+
+def _recipient_phones(given: dict[str, RecipientPhones], emails: list[str], region: str) -> dict[str, dict[str, str]]:
+    """Checked before any file is read (auth-service checks again and stores them): each for
+    one of the recipients, each a valid number; 400 naming every bad one."""
+    recipients = {e.lower() for e in emails}
+    checked, bad = {}, {}
+    for address, numbers in given.items():
+        if address.strip().lower() not in recipients:
+            bad[f"recipient_phones.{address}"] = "not one of the recipients"
+            continue
+        entry = {}
+        for field in ("phone", "cell_phone"):
+            raw = (getattr(numbers, field) or "").strip()
+            if not raw:
+                continue
+            try:
+                phones.normalize(raw, region=region)
+            except phones.InvalidPhone:
+                bad[f"recipient_phones.{address}.{field}"] = "Enter a valid phone number, with the area code."
+            entry[field] = raw
+        checked[address.strip()] = entry
+    if bad:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": bad})
+    return checked
 
 
 # ---- views -----------------------------------------------------------------------------------
@@ -218,13 +252,14 @@ async def send_message(request: web.Request) -> web.Response:
         if refusal:
             raise refusal
         state["emails"] = _normalise_recipients(fields.to)
+        state["phones"] = _recipient_phones(fields.recipient_phones, state["emails"], c.settings.phone_default_region)
         state["expires_at"] = _expires(c, fields.expires_in_days, practice_days)
 
     try:
         fields = await upload.receive(request, ComposeIn, check)
         resolved = await auth_client.resolve(
             request.app[HTTP], c.settings, request.app[CLOCK], emails=state["emails"],
-            sender_id=c.user_id, practice_id=c.identity.practice_id,
+            sender_id=c.user_id, practice_id=c.identity.practice_id, phones=state["phones"],
         )
         message_id = uuid.uuid4()
         now = request.app[CLOCK].now()

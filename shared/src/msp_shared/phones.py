@@ -1,5 +1,6 @@
 """Phone numbers: validated and kept in E.164 (+15551234567), the form verify-service and
-Twilio take. Pure (phonenumbers is a library with its data built in)."""
+Twilio take. Pure (phonenumbers is a library with its data built in). auth-service stores
+numbers; mail-service checks the ones a sender gives for new recipients before any upload."""
 from __future__ import annotations
 
 import phonenumbers
