@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
 from pathlib import Path
 
 import aio_pika
@@ -371,52 +370,3 @@ async def test_a_busy_relay_spares_the_writers_their_notifications(
     )
     assert relay.published == 400
     assert relay.notifications < 200  # typically a handful: only while it slept
-
-
-async def test_published_rows_are_pruned_after_the_retention_and_unpublished_ones_never(
-    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, relays: list[OutboxRelay]
-) -> None:
-    await _consumer(make_bus, demo_pool)
-    publisher = make_bus()
-    await publisher.connect()
-    relay = OutboxRelay(demo_pool, publisher, dsn=database_url, schema="demo", retention=timedelta(days=7))
-    relays.append(relay)
-    await relay.start()
-    await _write(demo_pool, 1, 2, 3)
-    await eventually(lambda: demo_pool.fetchval("SELECT count(*) = 3 FROM outbox WHERE published_at IS NOT NULL"),
-                     what="three rows published")
-    await relay.stop()  # nothing publishes now: the fourth row stays unpublished, however old
-    async with demo_pool.acquire() as conn, conn.transaction():
-        await outbox.add(conn, ThingHappened(n=4))
-    ages = {1: timedelta(days=8), 2: timedelta(days=6)}  # n=3 just published; n=4 old but never sent
-    for n, age in ages.items():
-        await demo_pool.execute("UPDATE outbox SET published_at = now() - $2::interval WHERE (envelope->'data'->>'n')::int = $1",
-                                n, age)
-    await demo_pool.execute("UPDATE outbox SET created_at = now() - interval '30 days' WHERE published_at IS NULL")
-
-    assert await relay.prune() == 1
-    left = await demo_pool.fetch("SELECT (envelope->'data'->>'n')::int AS n FROM outbox ORDER BY position")
-    assert [r["n"] for r in left] == [2, 3, 4]
-    assert await relay.prune() == 0  # again: nothing more
-
-
-def test_the_retention_is_a_setting(base_env: dict) -> None:
-    assert ServiceSettings().outbox_retention_days == 7
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MSP_OUTBOX_RETENTION_DAYS", "30")
-        assert ServiceSettings().outbox_retention_days == 30
-        env.setenv("MSP_OUTBOX_RETENTION_DAYS", "0")
-        with pytest.raises(ValueError):
-            ServiceSettings()
-
-
-async def test_a_pruning_backlog_goes_in_batches(
-    make_bus: Callable[..., Bus], demo_pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(outbox, "PRUNE_BATCH", 2)
-    async with demo_pool.acquire() as conn, conn.transaction():
-        await outbox.add_many(conn, [ThingHappened(n=n) for n in range(5)])
-    await demo_pool.execute("UPDATE outbox SET published_at = now() - interval '8 days'")
-    relay = OutboxRelay(demo_pool, make_bus(), dsn=database_url, schema="demo")  # not started: prune only
-    assert await relay.prune() == 5
-    assert await demo_pool.fetchval("SELECT count(*) FROM outbox") == 0

@@ -43,9 +43,13 @@ class ServiceSettings(BaseSettings):
     bus_retry_delay_ms: int = Field(1000, description="First retry delay; doubles per retry.")
     outbox_retention_days: float = Field(
         7, gt=0,
-        description="Days a published outbox row is kept (to trace what was sent) before the relay deletes "
-        "it; unpublished rows are never deleted.",
+        description="Days a published outbox row is kept (to trace what was sent); unpublished rows are never deleted.",
     )
+    inbox_retention_days: float = Field(
+        30, ge=1,
+        description="Days a processed event id is kept in the inbox (redelivery comes within moments).",
+    )
+    retention_interval_seconds: float = Field(3600, gt=0, description="How often old outbox and inbox rows are deleted.")
     identity_secret: SecretStr = Field(
         SecretStr(DEV_IDENTITY_SECRET),
         description="HMAC key shared by the gateway (signs) and services (verify identity headers).",

@@ -34,17 +34,15 @@ crash between the confirm and the mark republishes a row: delivery is at least o
 which the consumers' inbox (inbox.py) turns into exactly once in effect.
 
 Rows are claimed in the order they were written (`position`), within a transaction too.
-Published rows are kept for `retention` (setting outbox_retention_days), so what was sent
-can be traced, then deleted by the relay now and then; unpublished rows are never deleted."""
+Published rows are deleted after a while by retention.py."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 from aiohttp import web
@@ -57,7 +55,6 @@ from .web import BUS, POOL, SETTINGS
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "msp_outbox_"
-PRUNE_BATCH = 5000
 # The sleep lock's key (a bigint) from the schema name, computed in SQL on both sides: the
 # writers only know their schema as current_schema().
 _SLEEP_KEY = "hashtextextended('msp-outbox:' || {schema}, 0)"
@@ -116,8 +113,6 @@ class OutboxRelay:
         publish_timeout: float = 10.0,
         sleep_lock_timeout: float = 0.02,
         linger: float = 0.002,
-        retention: timedelta = timedelta(days=7),
-        prune_interval: float = 3600.0,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -129,8 +124,6 @@ class OutboxRelay:
         self.publish_timeout = publish_timeout
         self.sleep_lock_timeout = sleep_lock_timeout
         self.linger = linger  # pause after a partial batch, so the next one is bigger
-        self.retention = retention  # published rows older than this are deleted...
-        self.prune_interval = prune_interval  # ...this often (the first time at a random moment in it)
         self.published = 0  # rows this relay has published (for tests and metrics)
         self.passes = 0  # claims made, empty ones included (metrics: rows per pass)
         self.notifications = 0  # wake-ups by NOTIFY received (metrics)
@@ -147,7 +140,6 @@ class OutboxRelay:
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"outbox-listen-{self.schema}"),
             self._relay_task,
-            asyncio.create_task(self._prune_now_and_then(), name=f"outbox-prune-{self.schema}"),
         ]
 
     async def stop(self) -> None:
@@ -207,38 +199,6 @@ class OutboxRelay:
     def _on_notify(self, *_args: object) -> None:
         self.notifications += 1
         self._wake.set()
-
-    # ---- pruning: published rows are kept a while, not forever ------------------------------
-
-    async def prune(self) -> int:
-        """Delete published rows older than the retention, in short batches (SKIP LOCKED, so
-        replicas pruning at once share the work); returns how many went."""
-        deleted = 0
-        while True:
-            status = await self.pool.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - $1::interval"
-                " LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                self.retention, PRUNE_BATCH,
-            )
-            count = int(status.split()[-1])
-            deleted += count
-            if count < PRUNE_BATCH:
-                return deleted
-
-    async def _prune_now_and_then(self) -> None:
-        wait = self.prune_interval * random.random()  # replicas started together spread out
-        while not self._stopping:
-            await asyncio.sleep(wait)
-            wait = self.prune_interval
-            try:
-                deleted = await self.prune()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database is away: the next round catches up
-                log.warning("outbox prune failed", extra={"schema": self.schema, "error": type(exc).__name__})
-                continue
-            if deleted:
-                log.info("outbox pruned", extra={"schema": self.schema, "rows": deleted})
 
     # ---- the relay loop ---------------------------------------------------------------------
 
@@ -360,9 +320,7 @@ async def outbox_relay_ctx(app: web.Application) -> AsyncIterator[None]:
     append it after the pool's and the bus's contexts (it stops before they close)."""
     pool = app[POOL]
     schema = await pool.fetchval("SELECT current_schema()")
-    settings = app[SETTINGS]
-    relay = OutboxRelay(pool, app[BUS], dsn=settings.database_url, schema=schema,
-                        retention=timedelta(days=settings.outbox_retention_days))
+    relay = OutboxRelay(pool, app[BUS], dsn=app[SETTINGS].database_url, schema=schema)
     await relay.start()
     try:
         yield

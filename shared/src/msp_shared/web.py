@@ -188,7 +188,10 @@ def service_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if schema is not None:
+        from .retention import retention_ctx  # here: retention needs this module's keys
+
         app.cleanup_ctx.append(pool_ctx(schema, migrations))
+        app.cleanup_ctx.append(retention_ctx(settings))  # the schema's outbox and inbox don't grow forever
     return app
 
 
