@@ -345,6 +345,7 @@ async def register(request: web.Request) -> web.Response:
         new_hash = await c.hasher.hash(body.password)
         async with conn.transaction():
             token, user = await _invitation(conn, c, body.token, for_update=True)
+            phone = await _phone_to_prove(conn, c, user, body.phone)  # again: the inviter may just have corrected it
             await store.use_token(conn, token["id"], c.now)
             await store.update_user(conn, user["id"], {
                 "first_name": body.first_name.strip(),
