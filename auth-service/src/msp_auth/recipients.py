@@ -50,27 +50,6 @@ class RecipientsIn(BaseModel):
     phones: dict[str, PhonesIn] = Field(default_factory=dict, max_length=100)
 
 
-def _numbers(body: RecipientsIn, region: str) -> dict[str, dict[str, str | None]]:
-    """The senders' numbers by lower-cased address, in E.164; 400 naming each bad one."""
-    emails = {e.strip().lower() for e in body.emails}
-    numbers, bad = {}, {}
-    for address, given in body.phones.items():
-        key = address.strip().lower()
-        if key not in emails:
-            bad[f"phones.{address}"] = "not one of the recipients"
-            continue
-        numbers[key] = {}
-        for field in ("phone", "cell_phone"):
-            raw = getattr(given, field)
-            try:
-                numbers[key][field] = phones.normalize(raw, region=region) if raw and raw.strip() else None
-            except phones.InvalidPhone:
-                bad[f"phones.{address}.{field}"] = "Enter a valid phone number, with the area code."
-    if bad:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": bad})
-    return numbers
-
-
 def require_service(request: web.Request) -> None:
     ident = current_identity(request)
     if not ident.authenticated or not ident.has_role(SERVICE_ROLE):
@@ -94,7 +73,10 @@ async def resolve(request: web.Request) -> web.Response:
     if bad:
         raise ApiError(400, "invalid_input", "Some addresses are not valid.", {"fields": {f"emails.{i}": "invalid" for i in bad}})
     c = ctx(request)
-    numbers = _numbers(body, c.settings.phone_default_region)
+    try:
+        numbers = phones.recipients_numbers(body.phones, body.emails, region=c.settings.phone_default_region, prefix="phones")
+    except phones.BadNumbers as exc:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": exc.fields}) from None
     for attempt in (1, 2):
         try:
             return await _resolve(c, body, numbers)
@@ -106,7 +88,7 @@ async def resolve(request: web.Request) -> web.Response:
     raise AssertionError("unreachable")
 
 
-async def _resolve(c, body: RecipientsIn, numbers: dict[str, dict[str, str | None]]) -> web.Response:  # noqa: ANN001
+async def _resolve(c, body: RecipientsIn, numbers: dict[str, dict[str, str]]) -> web.Response:  # noqa: ANN001
     async with c.pool.acquire() as conn, conn.transaction():
         sender = await store.get_user(conn, body.sender_id)
         if sender is None:

@@ -124,31 +124,6 @@ def _normalise_recipients(addresses: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def _recipient_phones(given: dict[str, RecipientPhones], emails: list[str], region: str) -> dict[str, dict[str, str]]:
-    """Checked before any file is read (auth-service checks again and stores them): each for
-    one of the recipients, each a valid number; 400 naming every bad one."""
-    recipients = {e.lower() for e in emails}
-    checked, bad = {}, {}
-    for address, numbers in given.items():
-        if address.strip().lower() not in recipients:
-            bad[f"recipient_phones.{address}"] = "not one of the recipients"
-            continue
-        entry = {}
-        for field in ("phone", "cell_phone"):
-            raw = (getattr(numbers, field) or "").strip()
-            if not raw:
-                continue
-            try:
-                phones.normalize(raw, region=region)
-            except phones.InvalidPhone:
-                bad[f"recipient_phones.{address}.{field}"] = "Enter a valid phone number, with the area code."
-            entry[field] = raw
-        checked[address.strip()] = entry
-    if bad:
-        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": bad})
-    return checked
-
-
 # ---- views -----------------------------------------------------------------------------------
 
 def _iso(value: datetime | None) -> str | None:
@@ -252,7 +227,11 @@ async def send_message(request: web.Request) -> web.Response:
         if refusal:
             raise refusal
         state["emails"] = _normalise_recipients(fields.to)
-        state["phones"] = _recipient_phones(fields.recipient_phones, state["emails"], c.settings.phone_default_region)
+        try:  # checked here, before any file is read; auth-service checks again and stores them
+            state["phones"] = phones.recipients_numbers(fields.recipient_phones, state["emails"],
+                                                        region=c.settings.phone_default_region, prefix="recipient_phones")
+        except phones.BadNumbers as exc:
+            raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": exc.fields}) from None
         state["expires_at"] = _expires(c, fields.expires_in_days, practice_days)
 
     try:
