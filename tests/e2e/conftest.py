@@ -58,11 +58,13 @@ async def page(chromium, stack: Stack) -> AsyncIterator[object]:
 
 @pytest.fixture
 def member(stack: Stack) -> MakeMember:
-    """`await member(email, practice_name, paid=False)`: a registered, verified user of that
-    practice, signed in nowhere yet (see e2e_kit.make_member)."""
+    """`await member(email, practice_name, paid=False, manager=False)`: a registered, verified
+    user of that practice (a User Manager with `manager=True`), signed in nowhere yet (see
+    e2e_kit.make_member)."""
     practices: dict[str, uuid.UUID] = {}
 
-    async def make(email: str, practice_name: str = "Bright Smiles", *, paid: bool = False) -> Member:
-        return await make_member(stack, practices, email, practice_name, paid=paid)
+    async def make(email: str, practice_name: str = "Bright Smiles", *, paid: bool = False,
+                   manager: bool = False) -> Member:
+        return await make_member(stack, practices, email, practice_name, paid=paid, manager=manager)
 
     return make

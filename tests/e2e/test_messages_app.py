@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from e2e_kit import MakeMember, Member, needs_chromium
+from e2e_kit import MakeMember, Member, log_in_as, needs_chromium
 from msp_shared.web import POOL
 from playwright.async_api import Locator, Page, expect
 from stack import Stack
@@ -13,14 +13,6 @@ from stack import Stack
 pytestmark = needs_chromium
 ALREADY_OPENED = "This message cannot be recalled: a recipient has already opened it."
 ONLY_FORWARD = "A message's expiry can only be brought forward, not pushed back."
-
-
-async def log_in(page: Page, who: Member) -> None:
-    await page.goto("/#/login")
-    await page.get_by_label("Email address").fill(who.email)
-    await page.get_by_label("Password", exact=True).fill(who.password)
-    await page.get_by_role("button", name="Log in").click()
-    await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
 
 
 async def send(stack: Stack, sender: Member, to: list[Member], subject: str = "Ana Lopez tooth 14") -> str:
@@ -54,7 +46,7 @@ async def test_sender_sees_read_receipts_and_recalls_an_unopened_message(page: P
     opened = await send(stack, sender, [ana, ben])
     assert await open_as(stack, ana, opened) == 200
 
-    await log_in(page, sender)
+    await log_in_as(page, sender)
     await page.goto(f"/#/message?id={opened}")
     await expect(page.get_by_role("heading", name="Read receipts")).to_be_visible()
     await expect(receipt(page, ana.email)).not_to_contain_text("Not opened yet")
@@ -84,7 +76,7 @@ async def test_recall_refused_once_a_recipient_opened_it_shows_why(page: Page, s
     ana = await member("ana@oral.example", "Oral Surgery")
     message_id = await send(stack, sender, [ana])
 
-    await log_in(page, sender)
+    await log_in_as(page, sender)
     await page.goto(f"/#/message?id={message_id}")
     await expect(receipt(page, ana.email)).to_contain_text("Not opened yet")
     recall = page.get_by_role("button", name="Recall this message")
@@ -105,7 +97,7 @@ async def test_recipient_sees_no_sender_tools(page: Page, stack: Stack, member: 
     sender = await member("dr.sender@bright.example", "Bright Smiles", paid=True)
     ana = await member("ana@oral.example", "Oral Surgery")
     message_id = await send(stack, sender, [ana])
-    await log_in(page, ana)
+    await log_in_as(page, ana)
     await page.goto(f"/#/message?id={message_id}")
     await expect(page.get_by_text("Biopsy result: benign.")).to_be_visible()
     await expect(page.get_by_role("heading", name="Read receipts")).to_have_count(0)
@@ -118,7 +110,7 @@ async def test_sender_shortens_the_expiry_but_cannot_lengthen_it(page: Page, sta
     ana = await member("ana@oral.example", "Oral Surgery")
     message_id = await send(stack, sender, [ana])
 
-    await log_in(page, sender)
+    await log_in_as(page, sender)
     await page.goto(f"/#/message?id={message_id}")
     expires = page.locator("#msg-expires")
     before = await expires.text_content()
@@ -156,7 +148,7 @@ async def test_the_access_log_lists_who_opened_the_message(page: Page, stack: St
     ana = await member("ana@oral.example", "Oral Surgery")
     message_id = await send(stack, sender, [ana])
     assert await open_as(stack, ana, message_id) == 200
-    await log_in(page, sender)
+    await log_in_as(page, sender)
     await page.goto(f"/#/message?id={message_id}")
     await page.get_by_role("button", name="Show the access log").click()
     log = page.locator("table").filter(has_text="Opened the message")
@@ -186,7 +178,7 @@ async def compose(page: Page, to: str, files: list[dict]) -> None:
 async def test_sending_attachments_shows_the_upload_progress(page: Page, stack: Stack, member: MakeMember) -> None:
     sender = await member("dr.sender@bright.example", "Bright Smiles", paid=True)
     ana = await member("ana@oral.example", "Oral Surgery")
-    await log_in(page, sender)
+    await log_in_as(page, sender)
 
     # A refusal comes back through the upload path like any API error: shown, bar hidden.
     await compose(page, "not-an-address", [{"name": "small.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7\n"}])
@@ -219,7 +211,7 @@ async def test_a_new_recipients_phone_is_entered_with_the_message(page: Page, st
     """The number the sender enters is the one the new recipient proves when registering; a
     typo is refused before the upload, with the form kept."""
     sender = await member("dr.sender@bright.example", "Bright Smiles", paid=True)
-    await log_in(page, sender)
+    await log_in_as(page, sender)
     await compose(page, "new.patient@example.org", [{"name": "scan.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7\n"}])
     await page.get_by_text("A new recipient's phone numbers (optional)").click()
     await page.get_by_label("Recipient's phone", exact=True).fill("555")

@@ -14,7 +14,7 @@ from stack import Stack, build_stack
 
 @pytest.fixture
 def stack_settings() -> dict[str, dict]:
-    """Extra settings per service: {"auth": {...}, "verify": {...}, "mail": {...}, "gateway": {...}}."""
+    """Extra settings per service: {"auth": {...}, "verify": {...}, "mail": {...}, "billing": {...}, "gateway": {...}}."""
     return {}
 
 

@@ -536,13 +536,24 @@ async function viewUsers() {
       cell("Actions", h("div", { class: "row" },
         u.status === "invited" ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/reinvite`, {}), `Invitation sent again to ${u.email}.`) }, "Re-invite") : null,
         u.locked && u.own_practice ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/unlock`, {}), `${u.email} is unlocked.`) }, "Unlock") : null,
-        u.own_practice ? h("button", { type: "button", class: "secondary", onclick: () => editUser(u) }, "Edit") : null)));
+        u.own_practice ? h("button", { type: "button", class: "secondary", onclick: () => go(`#/users/edit?id=${encodeURIComponent(u.id)}`) }, "Edit") : null)));
   });
   pageFor(seq, "Manage Users",
     h("p", { class: "hint" }, "Users invited to your practice, registered or not. New users are invited by PBHS Support."),
     h("div", { class: "table-wrap" }, h("table", { class: "stack" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "User"), h("th", { scope: "col" }, "Registration"), h("th", { scope: "col" }, "2-Step Verification"), h("th", { scope: "col" }, "Actions"))),
       h("tbody", {}, rows))), err);
+}
+
+// Its own address (#/users/edit?id=...), so the menu's "Manage Users" and Back leave it.
+async function viewEditUser(params) {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const err = errorBox();
+  let users;
+  try { users = (await api("GET", "/practice/users")).users; } catch (ex) { showError(err, ex); pageFor(seq, "Edit user", err); return; }
+  const u = users.find((x) => x.id === params.get("id") && x.own_practice);
+  if (!u) { showError(err, { message: "No such user in your practice." }); pageFor(seq, "Edit user", err); return; }
+  if (seq === routeSeq) editUser(u);
 }
 
 function editUser(u) {
@@ -553,8 +564,7 @@ function editUser(u) {
     const fd = new FormData(form);
     try {
       const saved = await api("PATCH", `/practice/users/${u.id}`, { email: fd.get("email"), phone: fd.get("phone") || null, cell_phone: fd.get("cell_phone") || null });
-      await viewUsers();
-      say(saved.invitation_revoked
+      go("#/users", saved.invitation_revoked
         ? `Saved. The link sent to the old address no longer works: re-invite the user to send a new one to ${saved.user.email}.`
         : "Saved. The user can follow their registration link again.");
     } catch (ex) { showError(err, ex); err.focus(); }
@@ -588,7 +598,7 @@ function editUser(u) {
     securemail.replaceChildren(h("p", { class: "hint" }, "SecureMail can be purchased for this user once they have registered fully."));
   } else offer();
   page(`Edit ${u.email}`, h("div", { class: "card narrow" }, form, h("h2", {}, "SecureMail"), securemail, err,
-    h("p", {}, h("a", { href: "#/users", onclick: (e) => { e.preventDefault(); viewUsers(); } }, "Back to Manage Users"))));
+    h("p", {}, h("a", { href: "#/users" }, "Back to Manage Users"))));
 }
 
 // A table cell that, on a phone, shows its column's name before its content (see app.css).
@@ -1136,7 +1146,7 @@ const PUBLIC = {
 };
 const PRIVATE = {
   "#/inbox": () => viewFolder("inbox"), "#/sent": () => viewFolder("sent"), "#/compose": viewCompose,
-  "#/message": viewMessage, "#/profile": viewProfile, "#/users": viewUsers,
+  "#/message": viewMessage, "#/profile": viewProfile, "#/users": viewUsers, "#/users/edit": viewEditUser,
   "#/change-password": viewChangePassword, "#/verify-phone": viewVerifyPhone, "#/invoices": viewInvoices, "#/confirm-email": viewConfirmEmail,
   "#/support": viewPractices, "#/support/new-practice": viewNewPractice, "#/support/practice": viewPractice,
   "#/support/users": viewSupportUsers, "#/support/audit": viewAudit,
