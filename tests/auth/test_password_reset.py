@@ -1,6 +1,7 @@
 """Forgot/reset password (email link + phone proof where 2-step applies) and change password."""
 from __future__ import annotations
 
+from msp_auth.app import prune_spent_secrets
 from msp_auth.keys import AUTH_SETTINGS
 from msp_shared import signed
 
@@ -126,3 +127,32 @@ async def test_change_password_rules_history_of_six_and_current_password(auth: A
     assert (await change(current, GOOD_PASSWORD)).status == 200
     assert [e["data"]["reason"] for e in await auth.events("auth.sessions.revoked")] == ["password_changed"] * 7
     assert len(await auth.audit("password_changed")) == 7
+
+
+async def test_spent_proofs_and_old_link_digests_are_pruned_and_a_replay_still_fails(auth: Auth) -> None:
+    """A used proof's id is kept exactly as long as the proof could be presented again, an
+    expired link's digest for token_retention_days; the prune never opens a replay."""
+    user = await auth.make_user("kim@example.org", two_step=True, phone="+12025550123")
+    token = await _forgot(auth, "kim@example.org")
+    proof = auth.proof(user["id"], "+12025550123", "password_reset", ttl=600)
+    assert (await auth.call("POST", "/password/reset", {"token": token, "password": NEW, "proof": proof})).status == 200
+
+    async def prune() -> int:
+        return await prune_spent_secrets(auth.app)
+
+    assert await prune() == 0  # the proof could still be presented: its id stays
+    token = await _forgot(auth, "kim@example.org")
+    replay = await auth.call("POST", "/password/reset", {"token": token, "password": "Violet-Canyon-31?", "proof": proof})
+    assert replay.status == 400 and replay.body["error"] == "invalid_proof"
+
+    auth.clock.advance(minutes=11)  # past the proof's expiry: it would be refused anyway
+    assert await prune() == 1
+    assert await auth.pool.fetchval("SELECT count(*) FROM used_proofs") == 0
+    replay = await auth.call("POST", "/password/reset", {"token": token, "password": "Violet-Canyon-31?", "proof": proof})
+    assert replay.status == 400 and replay.body["error"] == "invalid_proof"
+
+    links = await auth.pool.fetchval("SELECT count(*) FROM tokens WHERE user_id = $1", user["id"])
+    assert links == 2
+    auth.clock.advance(days=auth.app[AUTH_SETTINGS].token_retention_days, minutes=31)  # 30 days after both expired
+    assert await prune() == 2
+    assert await auth.pool.fetchval("SELECT count(*) FROM tokens") == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -247,7 +247,9 @@ def check_proof(c: Ctx, proof: str | None, *, user_id: uuid.UUID, phone: str | N
 
 
 async def consume_proof(conn: asyncpg.Connection, c: Ctx, claims: dict[str, Any], user_id: uuid.UUID) -> None:
-    if not await store.use_proof(conn, jti=str(claims["jti"]), user_id=user_id, purpose=claims["purpose"], now=c.now):
+    expires_at = datetime.fromtimestamp(int(claims["exp"]), tz=timezone.utc)
+    if not await store.use_proof(conn, jti=str(claims["jti"]), user_id=user_id, purpose=claims["purpose"], now=c.now,
+                                 expires_at=expires_at):
         raise INVALID_PROOF
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -12,10 +13,11 @@ from msp_shared.bus import bus_ctx
 from msp_shared.clock import Clock
 from msp_shared.errors import ApiError
 from msp_shared.outbox import outbox_relay_ctx
+from msp_shared.periodic import periodic_ctx
 from msp_shared.seal import Sealer
-from msp_shared.web import IDENTITY, service_app
+from msp_shared.web import CLOCK, IDENTITY, POOL, service_app
 
-from . import blocklist, handlers, http, manage, profile, recipients, seed
+from . import blocklist, handlers, http, manage, profile, recipients, seed, store
 from .accounts import PASSWORD_EXPIRED, VERIFICATION_REQUIRED
 from .config import AuthSettings
 from .hashing import Argon2Params, Hasher
@@ -76,6 +78,12 @@ async def hasher_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.get_running_loop().run_in_executor(None, hasher.close)
 
 
+async def prune_spent_secrets(app: web.Application) -> int:
+    settings: AuthSettings = app[AUTH_SETTINGS]
+    return await store.prune_spent_secrets(app[POOL], now=app[CLOCK].now(),
+                                           token_retention=timedelta(days=settings.token_retention_days))
+
+
 def create_app(settings: AuthSettings | None = None, *, clock: Clock | None = None) -> web.Application:
     settings = settings or AuthSettings()
     app = service_app(settings, schema="auth", migrations=MIGRATIONS, clock=clock)
@@ -84,12 +92,13 @@ def create_app(settings: AuthSettings | None = None, *, clock: Clock | None = No
     app[BLOCKLIST] = blocklist.load(settings.common_passwords_file)
     app.middlewares.append(restriction_middleware)
     # Cleanup contexts run in this order and close in reverse: pool (service_app), hasher,
-    # seeded Support account, bus, outbox relay, periodic expiry warnings.
+    # seeded Support account, bus, outbox relay, periodic expiry warnings and pruning.
     app.cleanup_ctx.append(hasher_ctx)
     app.cleanup_ctx.append(seed.seed_ctx)
     app.cleanup_ctx.append(bus_ctx(handlers.subscribe))
     app.cleanup_ctx.append(outbox_relay_ctx)
     app.cleanup_ctx.append(expiry_warnings_ctx)
+    app.cleanup_ctx.append(periodic_ctx("auth-spent-secrets", prune_spent_secrets, every=3600))
     http.add_routes(app)
     profile.add_routes(app)
     manage.add_routes(app)

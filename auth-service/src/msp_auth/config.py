@@ -66,6 +66,8 @@ class AuthSettings(ServiceSettings):
     # Tokens and tickets.
     invitation_ttl_hours: float = Field(72, gt=0, le=24 * 14, description="Lifetime of an invitation link.")
     reset_ttl_minutes: float = Field(30, gt=0, le=24 * 60, description="Lifetime of a password-reset link.")
+    token_retention_days: float = Field(
+        30, ge=1, description="Days an expired link's digest (invitation, reset, email change) is kept, then deleted.")
     reset_requests_per_hour: int = Field(
         5, ge=1, description="Reset emails sent to one account per hour at most; more requests answer the same but send nothing."
     )

@@ -302,14 +302,25 @@ async def count_tokens_since(conn: asyncpg.Connection, user_id: uuid.UUID, kind:
 
 # ---- verification proofs ----------------------------------------------------------------------
 
-async def use_proof(conn: asyncpg.Connection, *, jti: str, user_id: uuid.UUID, purpose: str, now: datetime) -> bool:
+async def use_proof(conn: asyncpg.Connection, *, jti: str, user_id: uuid.UUID, purpose: str, now: datetime,
+                    expires_at: datetime) -> bool:
     """Record a proof as used; False if it already was (a replay)."""
     row = await conn.fetchrow(
-        "INSERT INTO used_proofs (jti, user_id, purpose, used_at) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO used_proofs (jti, user_id, purpose, used_at, expires_at) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (jti) DO NOTHING RETURNING jti",
-        jti, user_id, purpose, now,
+        jti, user_id, purpose, now, expires_at,
     )
     return row is not None
+
+
+async def prune_spent_secrets(pool: asyncpg.Pool, *, now: datetime, token_retention: timedelta) -> int:
+    """Rows kept only to refuse a second use: a proof's jti once the proof has expired (it
+    would be refused anyway), a token's digest `token_retention` after its expiry (the
+    reset throttle counts the last hour). Returns how many went."""
+    proofs = await pool.execute(
+        "DELETE FROM used_proofs WHERE coalesce(expires_at, used_at + interval '1 day') < $1", now)
+    tokens = await pool.execute("DELETE FROM tokens WHERE expires_at < $1", now - token_retention)
+    return int(proofs.split()[-1]) + int(tokens.split()[-1])
 
 
 # ---- audit ----------------------------------------------------------------------------------
