@@ -7,6 +7,7 @@ import uuid
 
 from auth_kit import Auth
 from msp_gateway.routing import service_for
+from msp_shared import signed
 from msp_shared.identity import Identity
 
 SERVICE = Identity(user_id="service:mail", roles=("service",))
@@ -98,3 +99,43 @@ async def test_a_new_recipient_gets_the_numbers_the_sender_entered_an_existing_a
             "emails": ["new2@example.org"], "sender_id": str(sender["id"]), "phones": phones}, who=SERVICE)
         assert bad.status == 400 and list(bad.body["details"]["fields"]) == [field]
     assert await auth.pool.fetchval("SELECT count(*) FROM users WHERE email = 'new2@example.org'") == 0  # nothing half-done
+
+
+async def test_a_wrong_number_from_the_sender_is_corrected_by_the_practice_until_the_phone_is_proven(auth: Auth) -> None:
+    """The recipient cannot swap in a number of their own (accounts.phone_to_prove); the
+    sending practice's User Manager can correct it, also after the recipient registered, and
+    the recipient drops out of that practice's list once fully registered."""
+    practice = await auth.make_practice("Bright Smiles Dental")
+    sender = await auth.make_user("dr.sender@example.com", practice=practice)
+    manager = auth.user_identity(await auth.make_user("um@example.com", practice=practice, roles=("member", "user_manager")))
+    resp = await auth.call("POST", "/internal/recipients", {
+        "emails": ["new.patient@example.org"], "sender_id": str(sender["id"]),
+        "phones": {"new.patient@example.org": {"phone": "202-555-0191"}}}, who=SERVICE)  # mistyped by the sender
+    patient_id = resp.body["recipients"][0]["user_id"]
+    token = await auth.invitation_token("new.patient@example.org")
+    done = await auth.call("POST", "/registrations", {
+        "token": token, "first_name": "Ana", "last_name": "Lopez", "password": "Tulip-Harbor-42!",
+        "terms_version": "2026-01", "accept_terms": True})
+    assert done.status == 201 and done.body["user"]["status"] == "registered_unverified"
+    patient = auth.identity_of(done.body["grant"])
+    own = await auth.call("POST", "/me/verification/ticket", {"phone": "202-555-0192"}, who=patient)
+    assert own.status == 422 and own.body["error"] == "phone_not_on_file" and "sign in again" in own.body["message"]
+
+    listed = await auth.call("GET", "/practice/users", who=manager)
+    row = next(u for u in listed.body["users"] if u["id"] == patient_id)
+    assert (row["status"], row["own_practice"]) == ("registered_unverified", False)
+    email = await auth.call("PATCH", f"/practice/users/{patient_id}", {"email": "other@example.org"}, who=manager)
+    assert email.status == 409  # the link proved the address: no longer the practice's to change
+    fixed = await auth.call("PATCH", f"/practice/users/{patient_id}", {"phone": "202-555-0192"}, who=manager)
+    assert fixed.status == 200, fixed.body
+
+    ticket = await auth.call("POST", "/me/verification/ticket", {}, who=patient)
+    claims = signed.verify_claims(ticket.body["verification"]["ticket"], purpose="verify-ticket",
+                                  secret=auth.verify_secret, now=auth.clock.now().timestamp())
+    assert claims["phone"] == "+12025550192"
+    verified = await auth.call("POST", "/me/verification", {"proof": auth.proof(patient_id, "+12025550192", "registration")},
+                               who=patient)
+    assert verified.status == 200 and verified.body["user"]["status"] == "verified"
+    listed = await auth.call("GET", "/practice/users", who=manager)
+    assert patient_id not in [u["id"] for u in listed.body["users"]]
+    assert (await auth.call("PATCH", f"/practice/users/{patient_id}", {"phone": "202-555-0193"}, who=manager)).status == 404

@@ -209,8 +209,9 @@ async def test_sending_attachments_shows_the_upload_progress(page: Page, stack: 
 
 async def test_a_new_recipients_phone_is_entered_with_the_message(page: Page, stack: Stack, member: MakeMember) -> None:
     """The number the sender enters is the one the new recipient proves when registering; a
-    typo is refused before the upload, with the form kept."""
-    sender = await member("dr.sender@bright.example", "Bright Smiles", paid=True)
+    typo is refused before the upload, with the form kept; the practice's User Manager can
+    correct the number later in Manage Users."""
+    sender = await member("dr.sender@bright.example", "Bright Smiles", paid=True, manager=True)
     await log_in_as(page, sender)
     await compose(page, "new.patient@example.org", [{"name": "scan.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7\n"}])
     await page.get_by_text("A new recipient's phone numbers (optional)").click()
@@ -224,3 +225,17 @@ async def test_a_new_recipients_phone_is_entered_with_the_message(page: Page, st
     await expect(page.get_by_role("status")).to_have_text("Your secure message has been sent.")
     phone = await stack.auth_app[POOL].fetchval("SELECT phone FROM users WHERE email = 'new.patient@example.org'")
     assert phone == "+12025550181"
+
+    # The practice's User Manager sees the invited patient and may correct the number (the
+    # patient cannot: the code goes to the number the practice entered).
+    await page.get_by_role("link", name="Manage Users", exact=True).click()
+    row = page.locator("tbody tr").filter(has_text="new.patient@example.org")
+    await expect(row.get_by_role("checkbox", name="2-Step Verification for new.patient@example.org")).to_be_enabled()
+    await row.get_by_role("button", name="Edit").click()
+    await expect(page.get_by_label("Phone", exact=True)).to_have_value("+12025550181")
+    await expect(page.get_by_text("SecureMail can be purchased only for your practice's own users.")).to_be_visible()
+    await page.get_by_label("Phone", exact=True).fill("202-555-0182")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("status")).to_have_text("Saved. The user can follow their registration link again.")
+    phone = await stack.auth_app[POOL].fetchval("SELECT phone FROM users WHERE email = 'new.patient@example.org'")
+    assert phone == "+12025550182"

@@ -91,13 +91,18 @@ def require_support(user: asyncpg.Record) -> None:
         raise forbidden("Only SecurePractice Support can do this.")
 
 
+# Users another practice invited stay in its Manage Users until fully registered: until then
+# it may correct the phone their code goes to (the recipient cannot, see accounts.phone_to_prove).
+NOT_FULLY_REGISTERED = ("invited", "registered_unverified")
+
+
 def in_practice_list(target: asyncpg.Record | None, practice_id: uuid.UUID) -> bool:
     """Whether the user shows in this practice's Manage Users view."""
     if target is None:
         return False
     if target["practice_id"] == practice_id:
         return True
-    return target["invited_by_practice"] == practice_id and target["status"] == "invited"
+    return target["invited_by_practice"] == practice_id and target["status"] in NOT_FULLY_REGISTERED
 
 
 def managed_view(user: asyncpg.Record, practice_id: uuid.UUID | None = None) -> dict[str, Any]:
@@ -178,14 +183,20 @@ async def patch_practice_user(request: web.Request) -> web.Response:
             raise not_found("No such user in your practice.")
         changes: dict[str, Any] = {}
         contact = body.model_fields_set & {"email", "phone", "cell_phone"}
+        new_email = body.email.strip() if "email" in contact and body.email else None
+        if new_email and new_email.lower() == target["email"].lower():
+            new_email = None
         if contact:
-            if target["status"] != "invited":
+            # The phones until a phone is proven (with a wrong one the user could not finish);
+            # the email only until the invitation is used (its link proved the address).
+            if target["status"] not in NOT_FULLY_REGISTERED or (new_email and target["status"] != "invited"):
                 raise ApiError(409, "user_registered",
-                               "Only an invited user's contact details can be edited here; registered users edit their own profile.")
-            if "email" in contact and body.email and body.email.strip().lower() != target["email"].lower():
-                if await store.email_taken(conn, body.email, except_user=target["id"]):
+                               "Registered users edit their own contact details in their profile; here only an invited "
+                               "user's email, and the phone numbers of a user who has not verified a phone yet.")
+            if new_email:
+                if await store.email_taken(conn, new_email, except_user=target["id"]):
                     raise ApiError(409, "email_taken", "Another account already uses this email address.")
-                changes["email"] = body.email.strip()
+                changes["email"] = new_email
             if "phone" in contact:
                 changes["phone"] = _phone(body.phone, c, "phone")
                 changes["phone_from_inviter"] = changes["phone"] is not None  # the number to prove

@@ -124,10 +124,11 @@ async def practice_has_users(conn: asyncpg.Connection, practice_id: uuid.UUID) -
 
 async def list_practice_users(conn: asyncpg.Connection, practice_id: uuid.UUID) -> list[Record]:
     """The Manage Users view: the practice's own users, and users it invited who belong
-    elsewhere until they register (then they drop out)."""
+    elsewhere until they are fully registered (then they drop out)."""
     return await conn.fetch(
         "SELECT * FROM users WHERE practice_id = $1"
-        " OR (invited_by_practice = $1 AND practice_id IS DISTINCT FROM $1 AND status = 'invited')"
+        " OR (invited_by_practice = $1 AND practice_id IS DISTINCT FROM $1"
+        " AND status IN ('invited', 'registered_unverified'))"
         " ORDER BY lower(last_name), lower(first_name), lower(email)",
         practice_id,
     )

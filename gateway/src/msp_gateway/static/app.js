@@ -529,14 +529,14 @@ async function viewUsers() {
         u.securemail_paid ? h("span", { class: "badge good" }, "SecureMail") : null),
       cell("Status", userStatus(u)),
       cell("2-Step", h("label", { class: "check" },
-        h("input", { type: "checkbox", checked: !!u.two_step_required, disabled: !u.own_practice,
+        h("input", { type: "checkbox", checked: !!u.two_step_required,
                      "aria-label": `2-Step Verification for ${u.email}`,
                      onchange: (e) => act(() => api("PATCH", `/practice/users/${u.id}`, { two_step_required: e.target.checked }), "2-Step Verification setting saved.")() }),
         "Required")),
       cell("Actions", h("div", { class: "row" },
         u.status === "invited" ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/reinvite`, {}), `Invitation sent again to ${u.email}.`) }, "Re-invite") : null,
         u.locked && u.own_practice ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/unlock`, {}), `${u.email} is unlocked.`) }, "Unlock") : null,
-        u.own_practice ? h("button", { type: "button", class: "secondary", onclick: () => go(`#/users/edit?id=${encodeURIComponent(u.id)}`) }, "Edit") : null)));
+        h("button", { type: "button", class: "secondary", onclick: () => go(`#/users/edit?id=${encodeURIComponent(u.id)}`) }, "Edit"))));
   });
   pageFor(seq, "Manage Users",
     h("p", { class: "hint" }, "Users invited to your practice, registered or not. New users are invited by PBHS Support."),
@@ -551,7 +551,7 @@ async function viewEditUser(params) {
   const err = errorBox();
   let users;
   try { users = (await api("GET", "/practice/users")).users; } catch (ex) { showError(err, ex); pageFor(seq, "Edit user", err); return; }
-  const u = users.find((x) => x.id === params.get("id") && x.own_practice);
+  const u = users.find((x) => x.id === params.get("id"));  // the list is what this manager may manage
   if (!u) { showError(err, { message: "No such user in your practice." }); pageFor(seq, "Edit user", err); return; }
   if (seq === routeSeq) editUser(u);
 }
@@ -559,6 +559,8 @@ async function viewEditUser(params) {
 function editUser(u) {
   const err = errorBox();
   const invited = u.status === "invited";
+  // The phone until one is proven (the user cannot change the number their code goes to).
+  const phoneOpen = invited || u.status === "registered_unverified";
   const form = h("form", { onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
     const fd = new FormData(form);
@@ -566,13 +568,13 @@ function editUser(u) {
       const saved = await api("PATCH", `/practice/users/${u.id}`, { email: fd.get("email"), phone: fd.get("phone") || null, cell_phone: fd.get("cell_phone") || null });
       go("#/users", saved.invitation_revoked
         ? `Saved. The link sent to the old address no longer works: re-invite the user to send a new one to ${saved.user.email}.`
-        : "Saved. The user can follow their registration link again.");
+        : invited ? "Saved. The user can follow their registration link again." : "Saved. The user's next code goes to the new number.");
     } catch (ex) { showError(err, ex); err.focus(); }
   } },
     field("Email address", { name: "email", type: "email", value: u.email, disabled: !invited }),
-    field("Phone", { name: "phone", type: "tel", value: u.phone || "", disabled: !invited }, "For 2-Step Verification codes; the number must not have a dial tree."),
-    field("Cell phone", { name: "cell_phone", type: "tel", value: u.cell_phone || "", disabled: !invited }),
-    invited ? h("button", { type: "submit" }, "Save") : h("p", { class: "hint" }, "Registered users edit their own contact details."));
+    field("Phone", { name: "phone", type: "tel", value: u.phone || "", disabled: !phoneOpen }, "For 2-Step Verification codes; the number must not have a dial tree."),
+    field("Cell phone", { name: "cell_phone", type: "tel", value: u.cell_phone || "", disabled: !phoneOpen }),
+    phoneOpen ? h("button", { type: "submit" }, "Save") : h("p", { class: "hint" }, "Registered users edit their own contact details."));
   const securemail = h("div", {});
   const offer = () => securemail.replaceChildren(
     h("button", { type: "button", class: "secondary", onclick: confirmStep }, "Purchase SecureMail for this User"));
@@ -594,7 +596,9 @@ function editUser(u) {
     box.focus();
   };
   if (u.securemail_paid) securemail.replaceChildren(h("p", { class: "notice" }, "SecureMail is paid for this user."));
-  else if (u.status !== "verified") {  // billing knows a user once fully registered: nothing to charge before
+  else if (!u.own_practice) {  // someone the practice invited who belongs elsewhere (or nowhere)
+    securemail.replaceChildren(h("p", { class: "hint" }, "SecureMail can be purchased only for your practice's own users."));
+  } else if (u.status !== "verified") {  // billing knows a user once fully registered: nothing to charge before
     securemail.replaceChildren(h("p", { class: "hint" }, "SecureMail can be purchased for this user once they have registered fully."));
   } else offer();
   page(`Edit ${u.email}`, h("div", { class: "card narrow" }, form, h("h2", {}, "SecureMail"), securemail, err,
