@@ -1,7 +1,9 @@
 import asyncio
+import uuid
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from msp_shared import db
 
@@ -54,3 +56,32 @@ async def test_an_edited_applied_migration_is_refused(database_url: str, tmp_pat
         assert "changed after it was applied" in str(exc)
     else:
         raise AssertionError("an edited migration was accepted")
+
+
+async def test_the_outbox_order_migration_numbers_the_events_still_owed_in_their_old_order(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """shared 0002 on an outbox with history: events still owed keep the order the relay
+    used before (created_at, id), published ones get no number, new ones come after."""
+    first = tmp_path / "shared-0001"
+    first.mkdir()
+    (first / "0001_outbox_inbox.sql").write_text((db.SHARED_MIGRATIONS / "0001_outbox_inbox.sql").read_text())
+    monkeypatch.setattr(db, "SHARED_MIGRATIONS", first)
+    assert await db.migrate(database_url, "demo", None) == ["shared:0001_outbox_inbox"]
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "demo"})
+    try:
+        ids = [uuid.UUID(int=i) for i in (3, 1, 2, 4)]
+        for minutes, event_id, published in [(3, ids[0], False), (1, ids[1], False), (2, ids[2], True), (4, ids[3], False)]:
+            await conn.execute(
+                "INSERT INTO outbox (id, type, envelope, created_at, published_at)"
+                " VALUES ($1, 't', '{}', now() - make_interval(mins => $2), CASE WHEN $3 THEN now() END)",
+                event_id, 10 - minutes, published)
+        monkeypatch.setattr(db, "SHARED_MIGRATIONS", Path(db.__file__).parent / "migrations")
+        assert await db.migrate(database_url, "demo", None) == SHARED[1:]
+        rows = await conn.fetch("SELECT id, position FROM outbox ORDER BY created_at")
+        assert [(r["id"], r["position"]) for r in rows] == [(ids[1], 1), (ids[2], None), (ids[0], 2), (ids[3], 3)]
+        new = await conn.fetchval("INSERT INTO outbox (id, type, envelope) VALUES ($1, 't', '{}') RETURNING position",
+                                  uuid.uuid4())
+        assert new == 4
+    finally:
+        await conn.close()

@@ -310,7 +310,7 @@ async def test_many_events_of_one_transaction_wake_a_sleeping_relay_and_all_arri
     await eventually(lambda: _effects_reach(demo_pool, 5), timeout=10, what="the five effects")
     assert relay.notifications >= 1  # the commit woke it, not the 60 s poll
     await asyncio.sleep(0.2)
-    assert await demo_pool.fetchval("SELECT array_agg(n ORDER BY n) FROM effects") == [1, 2, 3, 4, 5]
+    assert await demo_pool.fetchval("SELECT array_agg(n ORDER BY id) FROM effects") == [1, 2, 3, 4, 5]  # as written
     assert await demo_pool.fetch("SELECT id FROM outbox ORDER BY position") == [(e.id,) for e in envelopes]
 
 

@@ -106,3 +106,5 @@ def test_the_retention_cannot_be_shorter_than_the_rules_that_read_the_rows(base_
     assert VerifySettings(**base_env).verification_retention_hours == 24
     with pytest.raises(ValueError, match="send window"):
         VerifySettings(**base_env, verification_retention_hours=0.5)  # the send window is an hour
+    with pytest.raises(ValueError, match="resend cooldown"):
+        VerifySettings(**base_env, resend_cooldown_seconds=2 * 86400)  # longer than the 24 h kept

@@ -289,7 +289,8 @@ async def _invitation(conn: asyncpg.Connection, c: Ctx, token: str, *, for_updat
 
 
 async def _phone_to_prove(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record, typed: str | None) -> str | None:
-    """The registration code's number (accounts.phone_to_prove), with the errors in words."""
+    """The registration code's number (accounts.phone_to_prove), with the errors in words:
+    the inviting practice corrects a wrong number in Manage Users until the phone is proven."""
     try:
         number = phones.normalize(typed, region=c.settings.phone_default_region) if typed else None
     except phones.InvalidPhone:
@@ -302,8 +303,9 @@ async def _phone_to_prove(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record
         who = practice["name"] if practice else "the practice that invited you"
         raise ApiError(422, "phone_not_on_file",
                        f"For your security, the code goes to the number {who} has on file for you "
-                       f"({phones.hint(user['phone'])}). If that number is wrong, ask them to correct it, "
-                       "then follow your invitation link again.", {"phone_hint": phones.hint(user["phone"])}) from None
+                       f"({phones.hint(user['phone'])}). If that number is wrong, ask them to correct it, then "
+                       + ("follow your invitation link again." if user["status"] == "invited" else "sign in again."),
+                       {"phone_hint": phones.hint(user["phone"])}) from None
 
 
 async def get_invitation(request: web.Request) -> web.Response:
@@ -345,7 +347,11 @@ async def register(request: web.Request) -> web.Response:
         new_hash = await c.hasher.hash(body.password)
         async with conn.transaction():
             token, user = await _invitation(conn, c, body.token, for_update=True)
-            phone = await _phone_to_prove(conn, c, user, body.phone)  # again: the inviter may just have corrected it
+            # Again, on the locked row: the inviter may have changed the number or 2-step meanwhile.
+            phone = await _phone_to_prove(conn, c, user, body.phone)
+            two_step = bool(user["two_step_required"])
+            if two_step and not phone:
+                raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
             await store.use_token(conn, token["id"], c.now)
             await store.update_user(conn, user["id"], {
                 "first_name": body.first_name.strip(),

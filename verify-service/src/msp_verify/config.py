@@ -77,9 +77,10 @@ class VerifySettings(ServiceSettings, TwilioCredentials):
 
     @model_validator(mode="after")
     def _rows_outlive_the_rules_that_read_them(self) -> VerifySettings:
-        needed = max(self.send_window_seconds, self.code_ttl_seconds, self.proof_ttl_seconds)
+        needed = max(self.send_window_seconds, self.code_ttl_seconds, self.proof_ttl_seconds, self.resend_cooldown_seconds)
         if self.verification_retention_hours * 3600 < needed:
-            raise ValueError(f"verification_retention_hours must cover the send window and code/proof lifetimes ({needed} s)")
+            raise ValueError("verification_retention_hours must cover the send window, the resend cooldown and the "
+                             f"code and proof lifetimes ({needed} s)")
         return self
 
     def origin_host(self) -> str:
