@@ -93,3 +93,23 @@ def test_up_script_modules_exist() -> None:
     assert {"msp_mail.devsmtp", "msp_billing.stripe_local", "msp_verify.twilio_local", *SERVICES} <= expanded
     missing = sorted(m for m in expanded if _written(package_of(m)) and not module_exists(m))
     assert not missing, f"scripts/up.sh starts modules that do not exist: {missing}"
+
+
+def test_settings_named_in_the_docs_are_real_settings() -> None:
+    """README.md and deploy/README.md tell operators which MSP_* names to set (the retention
+    table, the outside systems): each must be one some process reads. `MSP_SMTP_*` names a
+    family; MSP_UP_* are the up script's own knobs."""
+    known: set[str] = set()
+    for package in SERVICES:
+        known |= env_names_read_by(package)
+    for helper in ("msp_mail.devsmtp", "msp_verify.twilio_local", "msp_billing.stripe_local"):
+        known |= env_names_read_by(helper)
+    problems = {}
+    for doc in (REPO / "README.md", REPO / "deploy" / "README.md"):
+        text = doc.read_text()
+        named = {m.group(0) for m in re.finditer(r"\bMSP_[A-Z0-9_]+\b(?!\*)", text)}
+        unknown = {n for n in named if not n.startswith("MSP_UP_") and not n.endswith("_")} - known
+        if unknown:
+            problems[doc.name] = sorted(unknown)
+    assert "MSP_INBOX_RETENTION_DAYS" in known
+    assert not problems, f"the docs name settings no code reads: {problems}"
