@@ -36,6 +36,17 @@ async def test_support_logs_in_and_out(page: Page) -> None:
     await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
 
 
+async def test_the_app_works_without_replace_children_as_on_ios_12(page: Page) -> None:
+    """iOS 12.5.1 (supported, says the help page) has no Element.replaceChildren, which the
+    app uses everywhere: its polyfill must carry it. Removed here before the app loads."""
+    await page.add_init_script("delete Element.prototype.replaceChildren;")
+    await log_in(page, SUPPORT_EMAIL, SUPPORT_PASSWORD)
+    await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+    await page.get_by_role("link", name="Profile").click()
+    await expect(page.get_by_role("heading", name="Profile", level=1)).to_be_visible()
+    assert await page.evaluate("Element.prototype.replaceChildren.toString().includes('removeChild')")
+
+
 async def test_wrong_password_shows_the_api_message_and_stays_signed_out(page: Page) -> None:
     await log_in(page, SUPPORT_EMAIL, "Not-The-Password-1!")
     alert = page.get_by_role("alert")

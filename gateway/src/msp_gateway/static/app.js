@@ -1,7 +1,16 @@
 // MySecurePractice web app: plain JavaScript, no build step, hash routes (#/login, #/reset?token=...).
 // Talks to the gateway's JSON API under /api/v1; state-changing calls carry the CSRF token.
 // Everything from the server is inserted as text (never as HTML).
+// The help page supports iOS 12.5.1 and later: Safari 12's language (tests/gateway/test_web_app_compat.py
+// checks the syntax), and this polyfill for the one newer DOM method the app uses.
 "use strict";
+
+if (!Element.prototype.replaceChildren) {  // Safari < 14
+  Element.prototype.replaceChildren = function (...nodes) {
+    while (this.lastChild) this.removeChild(this.lastChild);
+    this.append(...nodes);
+  };
+}
 
 const state = { csrf: null, user: null, restriction: null };
 const IDLE_MESSAGE = "You have been signed out after 30 minutes of inactivity. Please log in again.";
@@ -129,7 +138,7 @@ function upload(path, form, onProgress) {
     xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); });
     xhr.addEventListener("load", () => {
       let data = null;
-      try { data = xhr.status === 204 ? null : JSON.parse(xhr.responseText); } catch { /* not JSON: a generic error */ }
+      try { data = xhr.status === 204 ? null : JSON.parse(xhr.responseText); } catch (_ignored) { /* not JSON: a generic error */ }
       try { resolve(settle("POST", path, xhr.status, data)); } catch (err) { reject(err); }
     });
     const failed = () => reject(new ApiError(0, { message: "The upload did not go through. Check your connection and try again." }));
@@ -147,7 +156,7 @@ function watchIdle(idleExpiresAt) {
   if (!state.csrf) return;
   const wait = idleExpiresAt ? Math.max(1000, Date.parse(idleExpiresAt) - Date.now() + 2000) : 30 * 60 * 1000 + 2000;
   idleTimer = setTimeout(async () => {
-    try { const s = await api("GET", "/session"); watchIdle(s.idle_expires_at); } catch { /* api() signed out */ }
+    try { const s = await api("GET", "/session"); watchIdle(s.idle_expires_at); } catch (_ignored) { /* api() signed out */ }
   }, Math.min(wait, 2147483000));
 }
 
@@ -614,7 +623,7 @@ function fmtDate(iso) {
   if (!iso) return "";
   const zone = state.user && state.user.time_zone;  // the user's own time zone from the profile
   try { return new Date(iso).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "numeric", minute: "2-digit", timeZone: zone || undefined, timeZoneName: "short" }); }
-  catch { return new Date(iso).toLocaleString(); }
+  catch (_ignored) { return new Date(iso).toLocaleString(); }
 }
 function fmtSize(n) {
   if (n >= 1024 * 1024) return (n / 1024 / 1024).toFixed(1) + " MB";
@@ -997,7 +1006,7 @@ async function viewPractice(params) {
   const form = h("form", { "aria-labelledby": "details-h", onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
     const body = practiceBody(values(form), p);
-    const patch = Object.fromEntries(Object.entries(body).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(p[k] ?? (k === "identifiers" ? {} : ""))));
+    const patch = Object.fromEntries(Object.entries(body).filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(p[k] !== undefined && p[k] !== null ? p[k] : (k === "identifiers" ? {} : ""))));
     if (!Object.keys(patch).length) { say("Nothing to save: no field was changed."); return; }
     try { await api("PATCH", path, patch); await viewPractice(params); say("The practice's details have been saved."); }
     catch (ex) { showError(err, ex); }
@@ -1168,9 +1177,9 @@ async function route() {
     try {
       adopt(await api("GET", "/session"));
       // The session names only the user's id and roles; the profile has the time zone for dates.
-      try { state.user = { ...state.user, ...(await api("GET", "/me")).user }; renderNav(); } catch { /* not needed to go on */ }
+      try { state.user = { ...state.user, ...(await api("GET", "/me")).user }; renderNav(); } catch (_ignored) { /* not needed to go on */ }
     }
-    catch {
+    catch (_ignored) {
       if (path !== "#/" && path !== "#/inbox") sessionStorage.setItem("after_login", location.hash);
       location.hash = "#/login"; return;
     }
@@ -1188,7 +1197,7 @@ document.addEventListener("DOMContentLoaded", () => {
     history.replaceState(null, "", "/" + target);
   }
   document.getElementById("logout").addEventListener("click", async () => {
-    try { await api("DELETE", "/session"); } catch { /* signed out either way */ }
+    try { await api("DELETE", "/session"); } catch (_ignored) { /* signed out either way */ }
     signedOut("You have been logged out.");
   });
   window.addEventListener("hashchange", route);
