@@ -66,6 +66,35 @@ async def test_new_email_is_confirmed_by_a_link_sent_to_it(auth: Auth) -> None:
     assert len(await auth.audit("profile_email_changed")) == 1
 
 
+async def test_only_the_newest_address_can_be_confirmed_and_requests_are_bounded(auth: Auth) -> None:
+    """A link sent to an earlier address must not confirm a later one nobody proved; and a
+    signed-in user cannot make the portal mail any number of addresses."""
+    user = await auth.make_user("sam@example.org")
+    who = auth.user_identity(user)
+
+    async def link_to(address: str) -> str:
+        return token_from_link([m for m in await auth.emails("generic_notice") if m["to"] == address][-1]["link"])
+
+    assert (await auth.call("PATCH", "/me", {"email": "mine@newmail.example"}, who=who)).status == 200
+    mine = await link_to("mine@newmail.example")
+    assert (await auth.call("PATCH", "/me", {"email": "someone.else@example.org"}, who=who)).status == 200
+    stale = await auth.call("POST", "/me/email/confirm", {"token": mine}, who=who)
+    assert stale.status == 404  # it would have made someone.else@ the account's address, unproven
+    assert (await auth.user(user["id"]))["email"] == "sam@example.org"
+    newest = await auth.call("POST", "/me/email/confirm", {"token": await link_to("someone.else@example.org")}, who=who)
+    assert newest.status == 200 and newest.body["user"]["email"] == "someone.else@example.org"
+
+    limit = auth.app[AUTH_SETTINGS].email_change_requests_per_hour
+    for n in range(limit - 2):  # two asked already this hour
+        assert (await auth.call("PATCH", "/me", {"email": f"addr{n}@example.org"}, who=who)).status == 200
+    sent = len(await auth.emails("generic_notice"))
+    refused = await auth.call("PATCH", "/me", {"email": "one.more@example.org"}, who=who)
+    assert refused.status == 429 and refused.body["error"] == "too_many_requests"
+    assert len(await auth.emails("generic_notice")) == sent  # nothing mailed
+    auth.clock.advance(hours=1, seconds=1)
+    assert (await auth.call("PATCH", "/me", {"email": "one.more@example.org"}, who=who)).status == 200
+
+
 async def test_expiry_warnings_14_7_1_days_before_each_sent_once(auth: Auth) -> None:
     user = await auth.make_user("tess@example.org")
     app = auth.app

@@ -72,6 +72,8 @@ class AuthSettings(ServiceSettings):
         5, ge=1, description="Reset emails sent to one account per hour at most; more requests answer the same but send nothing."
     )
     email_change_ttl_hours: float = Field(24, gt=0, description="Lifetime of the link confirming a new email address.")
+    email_change_requests_per_hour: int = Field(
+        5, ge=1, description="New email addresses a user may ask to confirm per hour (each sends a mail to that address).")
     verify_ticket_ttl_seconds: int = Field(900, ge=60, description="Lifetime of a 2-step verification ticket given to the client.")
 
     terms_version: str = Field("2026-01", description="Current Terms of Use version a registering user must accept.")

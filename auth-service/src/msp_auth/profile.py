@@ -101,6 +101,11 @@ async def patch_me(request: web.Request) -> web.Response:
             new_email = body.email.strip()
             if await store.email_taken(conn, new_email, except_user=user["id"]):
                 raise ApiError(409, "email_taken", "Another account already uses this email address.")
+            # Each request mails an address the user chose: bounded, so the portal is nobody's mailer.
+            recent = await store.count_tokens_since(conn, user["id"], "email_change", c.now - timedelta(hours=1))
+            if recent >= c.settings.email_change_requests_per_hour:
+                raise ApiError(429, "too_many_requests", "Too many new email addresses in the last hour. Try again later.",
+                               {"retry_after": 3600})
             raw, digest = tokens.new_token()
             await store.create_token(conn, kind="email_change", user_id=user["id"], digest=digest, now=c.now,
                                      ttl=timedelta(hours=c.settings.email_change_ttl_hours))
