@@ -43,6 +43,7 @@ from msp_shared import db, inbox, outbox  # noqa: E402
 from msp_shared.bus import Bus  # noqa: E402
 from msp_shared.config import ServiceSettings  # noqa: E402
 from msp_shared.events import EventData, event  # noqa: E402
+from msp_shared.telemetry import setup_tracing  # noqa: E402
 
 PRODUCER_SCHEMA = "bench"  # the writing service: its outbox
 CONSUMER_SCHEMA = "bench_consumer"  # the consuming service: its inbox and effects
@@ -187,8 +188,16 @@ EFFECTS_SQL = (
 )
 
 
+def _as_a_service_starts() -> None:
+    """What every service process does at start (msp_shared.web.run): install its tracer
+    provider, with the default exporter "none". Without it each event would look the
+    provider up again (telemetry.spans_wanted), which no service pays."""
+    setup_tracing(ServiceSettings())
+
+
 def _consumer_service(dsn: str, exchange: str, ready: mp.Event, stop: mp.Event) -> None:
     """Another service: a Bus consumer group with the idempotent inbox; the effect is a row."""
+    _as_a_service_starts()
 
     async def effect(conn, envelope) -> None:  # noqa: ANN001
         ping = envelope.payload()
@@ -214,6 +223,7 @@ def _consumer_service(dsn: str, exchange: str, ready: mp.Event, stop: mp.Event) 
 
 def _producer_service(dsn: str, exchange: str, writers: int, commands) -> None:  # noqa: ANN001
     """The writing service: request-like transactions each adding an event, and its relay."""
+    _as_a_service_starts()
 
     async def run() -> None:
         pool = await db.create_pool(dsn, PRODUCER_SCHEMA, min_size=writers + 2, max_size=writers + 4)
