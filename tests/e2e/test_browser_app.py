@@ -124,6 +124,50 @@ async def test_register_from_invitation_with_a_text_message_code(page: Page, sta
 
 
 
+async def _registered_unverified(stack: Stack, email_address: str, *, phone_on_file: str | None,
+                                 typed: str | None) -> None:
+    """Support opens a practice whose first user (2-step on) registers, phone not proven yet."""
+    async with stack.browser() as support:
+        status, body, _ = await support.login(SUPPORT_EMAIL, SUPPORT_PASSWORD)
+        assert status == 200, body
+        first_user = {"email": email_address, "two_step_required": True} | ({"phone": phone_on_file} if phone_on_file else {})
+        status, body, _ = await support.call("POST", "/admin/practices", json={"name": f"Practice of {email_address}",
+                                                                              "first_user": first_user})
+        assert status == 201, body
+    token = next(link for link in links(await stack.mail_to(email_address)) if "#/register?token=" in link).split("token=")[1]
+    async with stack.browser() as registrant:
+        status, body, _ = await registrant.call("POST", "/registrations", json={
+            "token": token, "first_name": "Ria", "last_name": "Moss", "password": "Sunny-Lake-42",
+            "terms_version": "2026-01", "accept_terms": True, **({"phone": typed} if typed else {})})
+        assert status == 201 and body["user"]["status"] == "registered_unverified", body
+
+
+async def test_a_number_the_user_gave_can_be_corrected_before_it_is_proven(page: Page, stack: Stack) -> None:
+    await _registered_unverified(stack, "ria@moss.example", phone_on_file=None, typed="+12025550151")  # a typo
+    await log_in(page, "ria@moss.example", "Sunny-Lake-42")
+    await expect(page.get_by_role("heading", name="Verify your phone")).to_be_visible()
+    await expect(page.locator(".two-step")).to_contain_text("We will send a 6-digit code to \u2022\u2022\u2022\u2022 51")
+    await page.get_by_text("Wrong number?").click()
+    await page.get_by_label("Right phone number").fill("(202) 555-0152")
+    await page.get_by_role("button", name="Use this number").click()
+    await expect(page.get_by_role("status")).to_have_text("The code will go to \u2022\u2022\u2022\u2022 52.")
+    await page.get_by_role("button", name="Text me a code").click()
+    code = await stack.code_for("+12025550152", channel="sms")
+    await page.get_by_label("6-digit code").fill(code)
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page.get_by_role("status")).to_have_text("Your phone number is verified.")
+
+
+async def test_a_number_the_practice_entered_is_not_swapped_by_the_user(page: Page, stack: Stack) -> None:
+    await _registered_unverified(stack, "rex@moss.example", phone_on_file="+12025550153", typed=None)
+    await log_in(page, "rex@moss.example", "Sunny-Lake-42")
+    await expect(page.get_by_role("heading", name="Verify your phone")).to_be_visible()
+    await page.get_by_text("Wrong number?").click()
+    await page.get_by_label("Right phone number").fill("(202) 555-0154")
+    await page.get_by_role("button", name="Use this number").click()
+    await expect(page.get_by_role("alert")).to_contain_text("ask them to correct it, then sign in again")
+
+
 async def test_locked_account_is_told_to_reset_the_password(page: Page) -> None:
     for attempt in range(5):  # the fifth wrong password in a row locks the account
         await log_in(page, SUPPORT_EMAIL, f"Wrong-Guess-{attempt}!")

@@ -427,7 +427,21 @@ async function viewVerifyPhone() {
   const err = errorBox();
   try {
     const answer = await api("POST", "/me/verification/ticket", {});
-    pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, twoStep(answer.verification, finishVerification("/me/verification")), err));
+    const steps = h("div", {}, twoStep(answer.verification, finishVerification("/me/verification")));
+    // A number the user gave themselves may be corrected here; one their practice entered is
+    // corrected by the practice (the server says so, in words).
+    const otherErr = errorBox();
+    const other = h("form", { onsubmit: async (e) => {
+      e.preventDefault(); otherErr.hidden = true;
+      try {
+        const again = await api("POST", "/me/verification/ticket", { phone: new FormData(other).get("phone") });
+        steps.replaceChildren(twoStep(again.verification, finishVerification("/me/verification")));
+        say(`The code will go to ${again.verification.phone_hint}.`);
+      } catch (ex) { showError(otherErr, ex); otherErr.focus(); }
+    } }, field("Right phone number", { name: "phone", type: "tel", autocomplete: "tel", required: true, maxlength: 40 }),
+      h("button", { type: "submit", class: "secondary" }, "Use this number"), otherErr);
+    pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, steps,
+      h("details", {}, h("summary", {}, "Wrong number?"), other), err));
   } catch (ex) { showError(err, ex); pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, err)); }
 }
 
