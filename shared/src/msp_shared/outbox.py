@@ -130,26 +130,24 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
-        self._relay_task: asyncio.Task | None = None
         self._listener: asyncpg.Connection | None = None  # the LISTEN connection, when up
         self._sleeping_on: asyncpg.Connection | None = None  # holds the sleep lock (a session lock)
 
     async def start(self) -> None:
         self._wake.set()  # publish whatever is left from before we started
-        self._relay_task = asyncio.create_task(self._relay(), name=f"outbox-relay-{self.schema}")
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"outbox-listen-{self.schema}"),
-            self._relay_task,
+            asyncio.create_task(self._relay(), name=f"outbox-relay-{self.schema}"),
         ]
 
     async def stop(self) -> None:
         """Let the batch in hand finish (so its rows are marked, not published twice), then stop."""
         self._stopping = True
         self._wake.set()
-        if self._relay_task is not None:
+        listener, relay = self._tasks or (None, None)
+        if relay is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._relay_task), timeout=self.publish_timeout + 2)
-            self._relay_task = None
+                await asyncio.wait_for(asyncio.shield(relay), timeout=self.publish_timeout + 2)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
