@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from msp_shared import db
+
 Record = asyncpg.Record
 
 # Columns a caller may change through update_user (names are interpolated: keep it a whitelist).
@@ -317,11 +319,14 @@ async def use_proof(conn: asyncpg.Connection, *, jti: str, user_id: uuid.UUID, p
 async def prune_spent_secrets(pool: asyncpg.Pool, *, now: datetime, token_retention: timedelta) -> int:
     """Rows kept only to refuse a second use: a proof's jti once the proof has expired (it
     would be refused anyway), a token's digest `token_retention` after its expiry (the
-    reset throttle counts the last hour). Returns how many went."""
-    proofs = await pool.execute(
-        "DELETE FROM used_proofs WHERE coalesce(expires_at, used_at + interval '1 day') < $1", now)
-    tokens = await pool.execute("DELETE FROM tokens WHERE expires_at < $1", now - token_retention)
-    return int(proofs.split()[-1]) + int(tokens.split()[-1])
+    reset throttle counts the last hour). In batches that replicas share; returns how many went."""
+    proofs = await db.delete_in_batches(pool, (
+        "DELETE FROM used_proofs WHERE jti IN (SELECT jti FROM used_proofs"
+        " WHERE coalesce(expires_at, used_at + interval '1 day') < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"), now)
+    tokens = await db.delete_in_batches(pool, (
+        "DELETE FROM tokens WHERE id IN (SELECT id FROM tokens WHERE expires_at < $1"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)"), now - token_retention)
+    return proofs + tokens
 
 
 # ---- audit ----------------------------------------------------------------------------------

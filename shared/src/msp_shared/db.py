@@ -38,6 +38,18 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
     )
 
 
+async def delete_in_batches(pool: asyncpg.Pool, sql: str, *args: object, batch: int = 5000) -> int:
+    """Run `sql`, a DELETE of at most `batch` rows (its last parameter; select them with
+    `LIMIT ... FOR UPDATE SKIP LOCKED` so replicas pruning at once share the work), until a
+    round deletes fewer; each round is a short transaction of its own. Returns the total."""
+    deleted = 0
+    while True:
+        count = int((await pool.execute(sql, *args, batch)).split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted
+
+
 def _check_schema(schema: str) -> None:
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"invalid schema name {schema!r}")

@@ -15,6 +15,7 @@ from datetime import timedelta
 import asyncpg
 from aiohttp import web
 
+from . import db
 from .config import ServiceSettings
 from .periodic import periodic_ctx
 from .web import POOL, SETTINGS
@@ -22,26 +23,16 @@ from .web import POOL, SETTINGS
 BATCH = 5000
 
 
-async def _delete_in_batches(pool: asyncpg.Pool, select_ids: str, older_than: timedelta) -> int:
-    deleted = 0
-    while True:
-        status = await pool.execute(select_ids, older_than, BATCH)
-        count = int(status.split()[-1])
-        deleted += count
-        if count < BATCH:
-            return deleted
-
-
 async def prune_outbox(pool: asyncpg.Pool, older_than: timedelta) -> int:
-    return await _delete_in_batches(pool, (
+    return await db.delete_in_batches(pool, (
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - $1::interval"
-        " LIMIT $2 FOR UPDATE SKIP LOCKED)"), older_than)
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)"), older_than, batch=BATCH)
 
 
 async def prune_inbox(pool: asyncpg.Pool, older_than: timedelta) -> int:
-    return await _delete_in_batches(pool, (
+    return await db.delete_in_batches(pool, (
         "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox"
-        " WHERE processed_at < now() - $1::interval LIMIT $2 FOR UPDATE SKIP LOCKED)"), older_than)
+        " WHERE processed_at < now() - $1::interval LIMIT $2 FOR UPDATE SKIP LOCKED)"), older_than, batch=BATCH)
 
 
 async def prune_event_tables(app: web.Application) -> int:

@@ -8,6 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
+from msp_shared import db
+
 from .limits import SendHistory, Usage
 
 
@@ -104,20 +106,12 @@ async def insert_verification(conn: asyncpg.Connection, v: Verification) -> None
     )
 
 
-async def delete_old_verifications(pool: asyncpg.Pool, *, before: datetime, batch: int = 5000) -> int:
+async def delete_old_verifications(pool: asyncpg.Pool, *, before: datetime) -> int:
     """Data minimisation: code rows (phone number, client IP, code hash) sent before `before`
     go, in short batches that replicas share; returns how many."""
-    deleted = 0
-    while True:
-        status = await pool.execute(
-            "DELETE FROM verifications WHERE id IN (SELECT id FROM verifications WHERE created_at < $1"
-            " LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            before, batch,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < batch:
-            return deleted
+    return await db.delete_in_batches(pool, (
+        "DELETE FROM verifications WHERE id IN (SELECT id FROM verifications WHERE created_at < $1"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)"), before)
 
 
 async def mark_failed(conn: asyncpg.Connection, verification_id: uuid.UUID) -> None:
