@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from msp_gateway import csrf
 from msp_gateway.client_ip import client_ip, parse_networks
 from msp_gateway.ratelimit import MemoryStore, account_key
@@ -182,3 +184,9 @@ async def test_the_served_gateway_tunes_the_garbage_collector_once_started():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("sent", ["é" * 64, "\udcff" * 64, ""])
+def test_crafted_csrf_tokens_are_refused_not_a_crash(sent: str) -> None:
+    assert csrf.token_ok(sent, csrf.token_for("cookie", b"k" * 32)) is False
+    assert csrf.token_ok(csrf.token_for("cookie", b"k" * 32), csrf.token_for("cookie", b"k" * 32)) is True

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from msp_shared import identity
+from msp_shared import identity, signed
 from msp_shared.identity import Identity, IdentityError
 
 SECRET = b"k" * 32
@@ -46,3 +46,25 @@ def test_tampered_payload_is_refused() -> None:
 def test_missing_or_malformed_header_is_refused(header: str | None) -> None:
     with pytest.raises(IdentityError):
         identity.verify(header, secret=SECRET, method="GET", path="/me", now=time.time())
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "x.é",  # non-ASCII signature: hmac.compare_digest refuses such str
+        "\udcff.\udcff",  # undecodable header bytes, as aiohttp hands them over
+        "eyJzdWIiOiJ1MSJ9.\ud800",  # a lone surrogate
+    ],
+)
+def test_crafted_characters_in_a_header_are_refused_not_a_crash(forged: str) -> None:
+    with pytest.raises(IdentityError):
+        identity.verify(forged, secret=SECRET, method="GET", path="/me", now=time.time())
+
+
+@pytest.mark.parametrize("forged", ["x.é", "\udcff.\udcff", "e30.\ud800", "\ud800.abc"])
+def test_crafted_characters_in_a_signed_token_are_refused_not_a_crash(forged: str) -> None:
+    with pytest.raises(signed.InvalidToken):
+        signed.verify_claims(forged, purpose="verification-ticket", secret=SECRET, now=time.time())
+    good = signed.sign_claims({"sub": "u1"}, purpose="verification-ticket", secret=SECRET, now=time.time(), ttl=60)
+    assert signed.verify_claims(good, purpose="verification-ticket", secret=SECRET, now=time.time())["sub"] == "u1"
+

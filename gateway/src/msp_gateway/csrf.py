@@ -12,6 +12,8 @@ import hashlib
 import hmac
 from urllib.parse import urlsplit
 
+from msp_shared.signed import same_text
+
 HEADER = "X-CSRF-Token"
 
 
@@ -20,7 +22,7 @@ def token_for(cookie_value: str, key: bytes) -> str:
 
 
 def token_ok(sent: str | None, expected: str) -> bool:
-    return bool(sent) and hmac.compare_digest(sent.encode(), expected.encode())
+    return bool(sent) and same_text(sent, expected)
 
 
 def origin_of(url: str) -> str:

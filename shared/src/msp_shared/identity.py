@@ -12,6 +12,8 @@ import hmac
 import json
 from dataclasses import dataclass, field
 
+from .signed import same_text
+
 HEADER = "X-MSP-Identity"
 
 
@@ -46,7 +48,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(secret: bytes, payload: str, method: str, path: str) -> str:
-    msg = f"{payload}\n{method.upper()}\n{path}".encode()
+    msg = f"{payload}\n{method.upper()}\n{path}".encode("utf-8", "surrogatepass")  # see same_text
     return _b64(hmac.digest(secret, msg, "sha256"))  # one-shot C path: same MAC as hmac.new
 
 
@@ -82,7 +84,7 @@ def verify(header: str | None, *, secret: bytes, method: str, path: str, now: fl
     payload, sep, signature = header.partition(".")
     if not sep:
         raise IdentityError("malformed identity header")
-    if not hmac.compare_digest(signature, _mac(secret, payload, method, path)):
+    if not same_text(signature, _mac(secret, payload, method, path)):
         raise IdentityError("identity signature does not match this request")
     try:
         claims = json.loads(_unb64(payload))

@@ -16,6 +16,13 @@ class InvalidToken(Exception):
     pass
 
 
+def same_text(given: str, expected: str) -> bool:
+    """Constant-time equality of a client-supplied string and the expected one. Bytes, because
+    hmac.compare_digest refuses str with non-ASCII characters (a crafted token would be a 500);
+    "surrogatepass" because aiohttp hands undecodable header bytes over as lone surrogates."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -25,7 +32,7 @@ def b64decode(text: str) -> bytes:
 
 
 def _mac(secret: bytes, purpose: str, payload: str) -> str:
-    return b64encode(hmac.new(secret, f"{purpose}\n{payload}".encode(), hashlib.sha256).digest())
+    return b64encode(hmac.new(secret, f"{purpose}\n{payload}".encode("utf-8", "surrogatepass"), hashlib.sha256).digest())
 
 
 def sign_claims(claims: dict, *, purpose: str, secret: bytes, now: float, ttl: int) -> str:
@@ -36,7 +43,7 @@ def sign_claims(claims: dict, *, purpose: str, secret: bytes, now: float, ttl: i
 
 def verify_claims(token: str, *, purpose: str, secret: bytes, now: float) -> dict:
     payload, sep, signature = (token or "").partition(".")
-    if not sep or not hmac.compare_digest(signature, _mac(secret, purpose, payload)):
+    if not sep or not same_text(signature, _mac(secret, purpose, payload)):
         raise InvalidToken("signature does not match")
     try:
         claims = json.loads(b64decode(payload))
