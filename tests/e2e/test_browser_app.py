@@ -67,6 +67,42 @@ async def test_idle_for_30_minutes_sends_back_to_login_with_the_reason(page: Pag
     await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
 
 
+async def test_idle_tabs_do_not_keep_the_session_alive_and_go_to_login_on_their_own(page: Page, stack: Stack) -> None:
+    """Two idle tabs, the browser's clock 10 minutes ahead of the server's: their idle checks
+    (timed by the app's own timers, driven here) keep nothing alive, and when the server's 30
+    idle minutes are up both tabs show the login page with the reason, untouched."""
+    import datetime as dt
+
+    context = page.context
+    await context.clock.install(time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10))
+    await log_in(page, SUPPORT_EMAIL, SUPPORT_PASSWORD)
+    await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+    other = await context.new_page()
+    await other.goto("/#/inbox")
+    await expect(other.get_by_role("heading", name="Inbox")).to_be_visible()
+    tabs = (page, other)
+
+    def idle_check(response) -> bool:  # noqa: ANN001
+        return "/api/v1/session?activity=none" in response.url
+
+    async def checks_answer(status: int, minutes: float) -> None:
+        """Move the browsers' timers `minutes` on: both tabs check, the server answers `status`."""
+        async with page.expect_response(idle_check) as first, other.expect_response(idle_check) as second:
+            await context.clock.run_for(int(minutes * 60 * 1000))
+        assert [(await first.value).status, (await second.value).status] == [status, status]
+
+    stack.clock.advance(minutes=29)
+    await checks_answer(200, 30.1)  # each tab's watcher fires once its 30 minutes are up
+    for tab in tabs:
+        await expect(tab.get_by_role("heading", name="Inbox")).to_be_visible()
+    stack.clock.advance(minutes=1, seconds=1)  # 30 idle minutes on the server's clock
+    await checks_answer(401, 1.1)  # the server said 60 s were left: the tabs look again then
+    for tab in tabs:
+        await expect(tab.get_by_role("heading", name="Log in")).to_be_visible()
+        await expect(tab.get_by_role("status")).to_contain_text("signed out after 30 minutes of inactivity")
+    await other.close()
+
+
 async def test_register_from_invitation_with_a_text_message_code(page: Page, stack: Stack) -> None:
     phone = "+12025550143"
     async with stack.browser() as support:

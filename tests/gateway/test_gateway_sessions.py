@@ -267,3 +267,148 @@ async def test_a_purge_backlog_goes_in_batches_each_end_announced_once(gateway, 
     assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
     assert await _ended(database_url) == [("idle", str(ALICE), None)] * 5
     assert await sessions.purge(clock.now()) == 0
+
+
+# ---- the web app's idle check: GET /session?activity=none looks without counting ---------------
+
+IDLE_CHECK = "/api/v1/session?activity=none"
+
+
+async def _last_seen(database_url: str) -> datetime:
+    [row] = await _rows(database_url, "SELECT last_seen_at FROM gateway.sessions")
+    return row["last_seen_at"]
+
+
+async def test_an_idle_check_does_not_extend_the_session(browser, gateway, clock, database_url):
+    assert (await browser.login()).status == 200
+    signed_in = clock.now()
+    cookie, sessions = browser.cookie(), gateway.app[GATEWAY].sessions
+    clock.advance(minutes=29)
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 200 and body["user"]["id"] == str(ALICE) and body["csrf_token"] == browser.csrf
+    assert body["idle_seconds_left"] == 60  # counted by the gateway, from now
+    # Nothing moved: not the replica's memory, not the database (a normal request would touch it here).
+    assert sessions._cache[hashlib.sha256(cookie.encode()).digest()].last_seen_at == signed_in
+    assert await _last_seen(database_url) == signed_in
+    clock.advance(seconds=59)
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 200 and body["idle_seconds_left"] == 1
+    clock.advance(seconds=2)  # 30 minutes and 1 second after the last activity
+    status, body, resp = await browser.get_json(IDLE_CHECK)
+    assert status == 401 and body["error"] == "session_expired"
+    assert resp.cookies["msp_session"].value == ""
+    assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
+    assert await _ended(database_url) == [("idle", str(ALICE), None)]
+    # ... and the cookie is worthless for anything else too.
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 401 and body["error"] == "not_signed_in"  # the browser dropped the cookie
+
+
+async def test_an_idle_check_past_the_limit_ends_the_session_and_answers_session_expired(browser, browsers, gateway, clock):
+    assert (await browser.login()).status == 200
+    replay = browsers(gateway.url)  # a tab that still has the cookie
+    replay.http.cookie_jar.update_cookies({"msp_session": browser.cookie()}, gateway.server.make_url("/"))
+    clock.advance(minutes=30)  # exactly at the limit is already too late
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 401 and body["error"] == "session_expired"
+    status, body, _ = await replay.get_json("/api/v1/me")
+    assert status == 401 and body["error"] == "session_expired"
+
+
+async def test_idle_tabs_checking_at_different_times_do_not_keep_the_session_alive(make_gateway, browsers, clock, database_url):
+    """Two tabs (on two replicas, one with a stale cache) and a browser clock running ahead:
+    checks every few minutes, all before the limit, keep nothing alive."""
+    first, second = await make_gateway(), await make_gateway()
+    tab_1 = browsers(first.url)
+    assert (await tab_1.login()).status == 200
+    signed_in = clock.now()
+    tab_2 = browsers(second.url)
+    tab_2.http.cookie_jar.update_cookies({"msp_session": tab_1.cookie()}, second.server.make_url("/"))
+    for minute in range(0, 28, 4):  # tab 1 looks at minutes 2, 6, ... 26; tab 2 at 4, 8, ... 28
+        clock.advance(minutes=2)
+        status, body, _ = await tab_1.get_json(IDLE_CHECK)
+        assert status == 200 and body["idle_seconds_left"] == (30 - minute - 2) * 60
+        clock.advance(minutes=2)
+        status, body, _ = await tab_2.get_json(IDLE_CHECK)
+        assert status == 200 and body["idle_seconds_left"] == (30 - minute - 4) * 60
+        second.app[GATEWAY].sessions._cache.clear()  # its copy went stale: read the row again
+    assert clock.now() - signed_in == timedelta(minutes=28)
+    assert await _last_seen(database_url) == signed_in
+    clock.advance(minutes=2)
+    for tab in (tab_2, tab_1):
+        status, body, _ = await tab.get_json(IDLE_CHECK)
+        assert status == 401 and body["error"] == "session_expired"
+    assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
+
+
+async def test_a_normal_get_session_still_counts_as_activity(browser, clock, database_url):
+    assert (await browser.login()).status == 200
+    clock.advance(minutes=29)
+    status, body, _ = await browser.get_json("/api/v1/session")
+    assert status == 200 and body["idle_seconds_left"] == 30 * 60
+    assert await _last_seen(database_url) == clock.now()  # written down (older than the touch interval)
+    clock.advance(minutes=29)  # 58 minutes after sign-in, 29 after the last activity
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 200 and body["idle_seconds_left"] == 60
+    clock.advance(minutes=1)
+    assert (await browser.get_json(IDLE_CHECK))[0] == 401
+
+
+async def test_the_idle_check_flag_elsewhere_is_ignored_and_state_changes_are_activity(browser, gateway, clock, database_url, upstream):
+    """An attacker (or a careless client) cannot make other requests passive: the flag is taken
+    only by GET /session; everywhere else the request counts as activity, as without it."""
+    assert (await browser.login()).status == 200
+    attempts = [
+        ("POST", "/api/v1/me/things?activity=none", {"json": {}}),  # a state change
+        ("PATCH", "/api/v1/me/things?activity=none", {"json": {}}),  # a state change the service refuses
+        ("GET", "/api/v1/me?activity=none", {}),  # another route
+        ("HEAD", "/api/v1/session?activity=none", {}),  # another method of the same route
+        ("POST", "/api/v1/me/things?activity=none", {"json": {}, "csrf": False}),  # refused (no token), still activity
+    ]
+    for method, path, kw in attempts:
+        clock.advance(minutes=29)
+        status, _, _ = await browser.send(method, path, **kw)
+        assert status in (200, 403, 405), (method, path, status)
+        assert await _last_seen(database_url) == clock.now(), (method, path)
+        status, body, _ = await browser.get_json(IDLE_CHECK)  # the session lives on: that was activity
+        assert status == 200 and body["idle_seconds_left"] == 30 * 60, (method, path)
+    # The flag reached the service as any query does (the gateway only reads it on GET /session).
+    assert [s["path"] for s in upstream.app[SEEN] if s["method"] == "POST"][-1] == "/me/things"
+    clock.advance(minutes=29)
+    status, _, _ = await browser.send("DELETE", "/api/v1/session?activity=none")  # logout is still logout
+    assert status == 204
+    assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
+
+
+async def test_an_unknown_activity_value_is_refused_and_counts_for_nothing(browser, clock, database_url):
+    assert (await browser.login()).status == 200
+    signed_in = clock.now()
+    clock.advance(minutes=29)
+    for query in ("activity=None", "activity=", "activity=none&activity=all"):
+        status, body, _ = await browser.get_json("/api/v1/session?" + query)
+        assert status == 400 and body["error"] == "invalid_input" and "activity" in body["details"]["fields"], query
+    assert await _last_seen(database_url) == signed_in
+    clock.advance(minutes=1)
+    assert (await browser.get_json(IDLE_CHECK))[0] == 401
+
+
+async def test_seconds_left_count_the_nearer_of_the_idle_and_absolute_limits(make_gateway, browsers, clock):
+    gateway = await make_gateway(session_absolute_hours=1)
+    browser = browsers(gateway.url)
+    assert (await browser.login()).status == 200
+    clock.advance(seconds=0.4)
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 200 and body["idle_seconds_left"] == 30 * 60  # rounded up: 1799.6 s
+    clock.advance(minutes=25)
+    assert (await browser.get_json("/api/v1/me"))[0] == 200
+    clock.advance(minutes=20)  # idle: 10 minutes left; absolute: 15 minutes left
+    assert (await browser.get_json(IDLE_CHECK))[1]["idle_seconds_left"] == 10 * 60
+    clock.advance(minutes=9)
+    assert (await browser.get_json("/api/v1/me"))[0] == 200
+    clock.advance(minutes=1)  # idle: 29 minutes left; absolute: under 5 minutes
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 200 and body["idle_seconds_left"] == 5 * 60  # created 55:00.4 ago: 299.6 s, rounded up
+    assert body["expires_at"] == body["idle_expires_at"]
+    clock.advance(minutes=5)
+    status, body, _ = await browser.get_json(IDLE_CHECK)
+    assert status == 401 and body["error"] == "session_expired"

@@ -28,7 +28,7 @@ from .client_ip import Network, client_ip
 from .config import GatewaySettings
 from .deadlines import Deadlines
 from .routing import PREFIX, UNSAFE_METHODS, is_upload, service_for
-from .session_rules import SessionPolicy, idle_expires_at
+from .session_rules import SessionPolicy, idle_expires_at, seconds_left
 from .sessions import BadGrant, Session, SessionManager
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,17 @@ def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     return error
 
 
-def _api_route(handler: Handler) -> Handler:
+def _api_route(handler: Handler, *, idle_check: bool = False) -> Handler:
     """An /api/ handler behind the session step, with errors in the API's shape. A SERVER span
-    (or an incoming trace context) goes through the shared tracing middleware."""
+    (or an incoming trace context) goes through the shared tracing middleware.
+
+    `idle_check`: the route's GET takes `?activity=none` (only GET /session: see get_session)."""
 
     async def route(request: web.Request, traced: bool = False) -> web.StreamResponse:
         if not traced and (telemetry.spans_wanted() or "traceparent" in request.headers):
             return await telemetry.tracing_middleware(request, partial(route, traced=True))
         try:
-            await _session_step(request)
+            await _session_step(request, idle_check)
             return await handler(request)
         except asyncio.CancelledError:
             raise
@@ -175,17 +177,34 @@ def session_cookie(request: web.Request, name: str) -> str | None:
     return value
 
 
-async def _session_step(request: web.Request) -> None:
-    """Cookie → session, cross-site and CSRF checks, for every /api/ request."""
+def _idle_check(request: web.Request) -> bool:
+    """Whether a GET of a route that allows it asks not to count as activity (?activity=none).
+    Any other value is refused rather than quietly counted."""
+    values = request.query.getall("activity", ())
+    if not values:
+        return False
+    if values == ["none"]:
+        return True
+    raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                   {"fields": {"activity": "The only value is none (an idle check that is not activity)."}})
+
+
+async def _session_step(request: web.Request, idle_check: bool = False) -> None:
+    """Cookie → session, cross-site and CSRF checks, for every /api/ request.
+
+    Every request counts as activity (moves the session's idle expiry) except a GET of a route
+    wrapped with `idle_check` (GET /session only) that carries `?activity=none`. The flag on
+    any other route or method (HEAD, POST, DELETE...) is ignored: that request is activity."""
     gw = request.app[GATEWAY]
     assert gw.sessions is not None
     request[CLEAR_COOKIE] = False
     headers = request.headers
     request[CLIENT_IP] = client_ip(request.remote, headers.get("X-Forwarded-For") if gw.proxies else None, gw.proxies)
+    activity = not (idle_check and request.method == "GET" and request.query_string and _idle_check(request))
     cookie = session_cookie(request, gw.settings.session_cookie_name)
     session: Session | None = None
     if cookie:
-        session, why = await gw.sessions.resolve(cookie, gw.clock.now())
+        session, why = await gw.sessions.resolve(cookie, gw.clock.now(), activity=activity)
         if session is None:
             request[ENDED] = why
             request[CLEAR_COOKIE] = True
@@ -252,6 +271,16 @@ def session_state(gw: Gateway, cookie: str, session: Session) -> dict[str, Any]:
 
 
 async def get_session(request: web.Request) -> web.Response:
+    """The signed-in user, the session's CSRF token, restriction and expiry times, and
+    `idle_seconds_left`: whole seconds (rounded up) from this answer until the session ends
+    without further activity (idle or absolute limit, the nearer one), counted on the
+    gateway's clock so a client schedules its next look relative to now, not by its own clock.
+
+    Like every request this counts as activity, unless sent as `GET /session?activity=none`:
+    the web app's idle check, which only looks. It still ends a session past its idle or
+    absolute limit (401 session_expired) but never moves last_seen_at, so idle tabs and
+    browser clocks running ahead cannot keep a session alive. Only this GET takes the flag
+    (see _session_step); another value of `activity` is refused with 400 invalid_input."""
     gw = request.app[GATEWAY]
     session = request[SESSION]
     if session is None:
@@ -259,6 +288,7 @@ async def get_session(request: web.Request) -> web.Response:
             raise ApiError(401, "session_expired", "Your session has ended. Please sign in again.")
         raise ApiError(401, "not_signed_in", "Please sign in.")
     row = session.row
+    left = seconds_left(gw.policy, created_at=row.created_at, last_seen_at=session.last_seen_at, now=gw.clock.now())
     body = {
         "user": {
             "id": str(row.user_id),
@@ -266,6 +296,7 @@ async def get_session(request: web.Request) -> web.Response:
             "roles": list(row.roles),
         },
         **session_state(gw, request[COOKIE], session),
+        "idle_seconds_left": left,
     }
     return web.json_response(body)
 
@@ -525,7 +556,7 @@ async def _no_route(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.on_response_prepare.append(_on_response_prepare)
-    app.router.add_get(f"{PREFIX}/session", _api_route(get_session))
+    app.router.add_get(f"{PREFIX}/session", _api_route(get_session, idle_check=True))
     app.router.add_delete(f"{PREFIX}/session", _api_route(delete_session))
     app.router.add_get(f"{PREFIX}/openapi.json", _api_route(openapi.openapi_json))  # public: the API's description
     app.router.add_route("*", PREFIX + "/{tail:.*}", api)

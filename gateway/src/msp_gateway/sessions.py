@@ -62,8 +62,12 @@ class SessionManager:
     def policy(self) -> SessionPolicy:
         return self._policy
 
-    async def resolve(self, cookie_value: str, now: datetime) -> tuple[Session | None, str | None]:
-        """The live session for a cookie and records the activity, or (None, why)."""
+    async def resolve(self, cookie_value: str, now: datetime, *, activity: bool = True) -> tuple[Session | None, str | None]:
+        """The live session for a cookie and records the activity, or (None, why).
+
+        `activity=False` (the web app's idle check, GET /session?activity=none) only looks:
+        a session past its idle or absolute limit still ends, but a live one keeps its
+        last_seen_at, in memory and in PostgreSQL."""
         key = token_hash(cookie_value)
         session = self._cache.get(key)
         if session is None or time.monotonic() - session.loaded_at > self._cache_seconds:
@@ -82,6 +86,8 @@ class SessionManager:
         if why:
             await self.end(key, reason=why)
             return None, why
+        if not activity:
+            return session, None
         if now > session.last_seen_at:
             session.last_seen_at = now
         if not session.touching and needs_touch(self._policy, persisted_last_seen_at=session.persisted_at, now=now):

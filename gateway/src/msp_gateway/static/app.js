@@ -149,15 +149,30 @@ function upload(path, form, onProgress) {
 }
 
 // The gateway ends a session after 30 idle minutes; check just after that moment so an idle
-// screen goes back to the login page instead of failing on the next click.
+// screen goes back to the login page instead of failing on the next click. The check only
+// looks (?activity=none: it does not count as activity, so idle tabs cannot keep the session
+// alive) and the gateway says how many seconds are left, so the next check is timed from now
+// and the browser's clock does not matter. secondsLeft: that number, or null after activity
+// here (a full idle period).
 let idleTimer = null;
-function watchIdle(idleExpiresAt) {
+function watchIdle(secondsLeft) {
   clearTimeout(idleTimer);
   if (!state.csrf) return;
-  const wait = idleExpiresAt ? Math.max(1000, Date.parse(idleExpiresAt) - Date.now() + 2000) : 30 * 60 * 1000 + 2000;
-  idleTimer = setTimeout(async () => {
-    try { const s = await api("GET", "/session"); watchIdle(s.idle_expires_at); } catch (_ignored) { /* api() signed out */ }
-  }, Math.min(wait, 2147483000));
+  const wait = typeof secondsLeft === "number" ? Math.max(1, secondsLeft) * 1000 + 1000 : 30 * 60 * 1000 + 1000;
+  idleTimer = setTimeout(checkIdle, Math.min(wait, 2147483000));
+}
+
+async function checkIdle() {
+  let s;
+  try {
+    const resp = await fetch("/api/v1/session?activity=none", { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    const data = await resp.json().catch(() => null);
+    s = settle("GET", "/session", resp.status, data);  // 401: settle() goes to the login page with the reason
+  } catch (_ignored) {
+    watchIdle(60);  // offline or a passing error: look again in a minute (nothing once signed out)
+    return;
+  }
+  watchIdle(s && typeof s.idle_seconds_left === "number" ? s.idle_seconds_left : 60);
 }
 
 function adopt(answer) {
@@ -165,7 +180,7 @@ function adopt(answer) {
   if (answer && answer.csrf_token) state.csrf = answer.csrf_token;
   if (answer && answer.user) state.user = answer.user;
   if (answer && "restriction" in answer) state.restriction = answer.restriction;
-  if (answer && answer.idle_expires_at) watchIdle(answer.idle_expires_at);
+  if (answer && answer.idle_expires_at) watchIdle(typeof answer.idle_seconds_left === "number" ? answer.idle_seconds_left : null);
   renderNav();
 }
 
