@@ -1,6 +1,7 @@
 """Profile edits (re-verification of a new phone or email) and password-expiry warnings."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,7 +51,6 @@ async def test_new_email_is_confirmed_by_a_link_sent_to_it(auth: Auth) -> None:
     user = await auth.make_user("sam@example.org")
     taken = await auth.make_user("taken@example.org")
     who = auth.user_identity(user)
-    assert (await auth.call("PATCH", "/me", {"email": "TAKEN@example.org"}, who=who)).status == 409
     resp = await auth.call("PATCH", "/me", {"email": "sam@newmail.example"}, who=who)
     assert resp.status == 200 and resp.body["email_confirmation_sent"] is True
     assert resp.body["user"]["email"] == "sam@example.org" and resp.body["user"]["pending_email"] == "sam@newmail.example"
@@ -64,6 +64,26 @@ async def test_new_email_is_confirmed_by_a_link_sent_to_it(auth: Auth) -> None:
     assert "sam@example.org" in [m["to"] for m in await auth.emails("generic_notice")]  # the old address is told
     assert (await auth.login("sam@newmail.example", "Tulip-Harbor-42!")).status == 200
     assert len(await auth.audit("profile_email_changed")) == 1
+
+
+async def test_asking_for_a_taken_address_answers_as_for_a_free_one_and_tells_its_owner(auth: Auth) -> None:
+    """PATCH /me must not tell a signed-in user (a patient, say) which addresses have accounts."""
+    user = await auth.make_user("sam@example.org")
+    await auth.make_user("taken@example.org")
+    who = auth.user_identity(user)
+    free = await auth.call("PATCH", "/me", {"email": "free@example.org"}, who=who)
+    taken = await auth.call("PATCH", "/me", {"email": "TAKEN@example.org"}, who=who)
+    assert (free.status, taken.status) == (200, 200)
+    assert free.body.keys() == taken.body.keys() and taken.body["email_confirmation_sent"] is True
+    assert taken.body["user"]["pending_email"] == "TAKEN@example.org"
+    [notice] = [m for m in await auth.emails("generic_notice") if m["to"] == "TAKEN@example.org"]
+    assert "link" not in notice or not notice["link"]  # nothing to confirm: the owner is only told
+    # the link sent for the free address was the last usable one; the taken request ended it
+    free_link = [m for m in await auth.emails("generic_notice") if m["to"] == "free@example.org"][0]["link"]
+    assert (await auth.call("POST", "/me/email/confirm", {"token": token_from_link(free_link)}, who=who)).status == 404
+    assert (await auth.user(user["id"]))["email"] == "sam@example.org"
+    [refused] = [a for a in await auth.audit("email_change_requested") if a["outcome"] == "refused"]
+    assert json.loads(refused["details"])["reason"] == "email_taken"
 
 
 async def test_only_the_newest_address_can_be_confirmed_and_requests_are_bounded(auth: Auth) -> None:

@@ -99,25 +99,39 @@ async def patch_me(request: web.Request) -> web.Response:
                               purpose=PHONE_CHANGE)
         if "email" in sent and body.email and body.email.strip().lower() != user["email"].lower():
             new_email = body.email.strip()
-            if await store.email_taken(conn, new_email, except_user=user["id"]):
-                raise ApiError(409, "email_taken", "Another account already uses this email address.")
             # Each request mails an address the user chose: bounded, so the portal is nobody's mailer.
             recent = await store.count_tokens_since(conn, user["id"], "email_change", c.now - timedelta(hours=1))
             if recent >= c.settings.email_change_requests_per_hour:
                 raise ApiError(429, "too_many_requests", "Too many new email addresses in the last hour. Try again later.",
                                {"retry_after": 3600})
             raw, digest = tokens.new_token()
+            # Made (and counted) for a taken address too, but never sent there: only the newest
+            # request can be confirmed, so this also ends any earlier link.
             await store.create_token(conn, kind="email_change", user_id=user["id"], digest=digest, now=c.now,
                                      ttl=timedelta(hours=c.settings.email_change_ttl_hours))
             changes["pending_email"] = new_email
-            await request_email(
-                conn, c.sealer, template="generic_notice", to=new_email,
-                secrets={"link": c.link(f"confirm-email?token={raw}")},
-                params={"title": "Confirm your new SecurePractice email address",
-                        "text": "Open this link while signed in to SecurePractice to use this address for your account."},
-                requested_by=SERVICE,
-            )
-            await c.audit(conn, "email_change_requested", subject=user["id"], practice_id=user["practice_id"])
+            if await store.email_taken(conn, new_email, except_user=user["id"]):
+                # The same answer as for a free address, so that nobody learns through PATCH /me
+                # which addresses have accounts. The address's owner is told instead; no link.
+                await request_email(
+                    conn, c.sealer, template="generic_notice", to=new_email,
+                    params={"title": "Your email address was entered on SecurePractice",
+                            "text": "Another SecurePractice user asked to use this address for their account. It already "
+                                    "belongs to an account, so nothing was changed. If this was you, sign in with "
+                                    "this address instead. If not, you need not do anything."},
+                    requested_by=SERVICE,
+                )
+                await c.audit(conn, "email_change_requested", outcome="refused", subject=user["id"],
+                              practice_id=user["practice_id"], reason="email_taken")
+            else:
+                await request_email(
+                    conn, c.sealer, template="generic_notice", to=new_email,
+                    secrets={"link": c.link(f"confirm-email?token={raw}")},
+                    params={"title": "Confirm your new SecurePractice email address",
+                            "text": "Open this link while signed in to SecurePractice to use this address for your account."},
+                    requested_by=SERVICE,
+                )
+                await c.audit(conn, "email_change_requested", subject=user["id"], practice_id=user["practice_id"])
             extra["email_confirmation_sent"] = True
         if changes:
             user = await store.update_user(conn, user["id"], changes, c.now)
