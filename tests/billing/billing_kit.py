@@ -1,5 +1,6 @@
 """Helpers for billing-service tests: the local Stripe server and billing-service served on
-real sockets, gateway identity headers, a bus observer, and Stripe-signed webhook bodies."""
+real sockets, gateway identity headers, a bus observer, Stripe-signed webhook bodies, and
+auth-service (the real app, where a test needs users' sign-in addresses)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,15 +12,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
+from msp_auth import store as auth_store
 from msp_shared import identity
 from msp_shared.bus import Bus
 from msp_shared.clock import ManualClock
-from msp_shared.events import Envelope, UserRegistered, make_envelope
+from msp_shared.events import EmailRequested, Envelope, UserRegistered, make_envelope
+from msp_shared.seal import Sealer
+from msp_shared.web import POOL
 
 from msp_billing.stripe_local import StripeState
 
@@ -141,3 +146,58 @@ def subscription_object(sub_id: str, payer: User, user: User, status: str = "act
                       "data": [{"id": "si_x", "object": "subscription_item", "quantity": 1,
                                 "price": {"id": "price_x", "object": "price", "unit_amount": 1000,
                                           "currency": "usd"}}]}}
+
+
+@dataclass
+class Accounts:
+    """auth-service, the real app on a real socket, owning users and their email addresses."""
+    url: str
+    app: web.Application
+    secret: bytes
+    clock: ManualClock
+    http: aiohttp.ClientSession
+    sealer: Sealer
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.app[POOL]
+
+    async def make_user(self, email: str, practice_id: str | None = None, roles: tuple[str, ...] = ()) -> User:
+        """A registered user of the practice (created in auth-service if new), as billing's
+        tests name users: roles as the gateway would sign them."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if practice_id is None:
+                practice = await auth_store.create_practice(conn, name="Bright Smiles", address="1 Main St",
+                                                            phone="+12025550100", identifiers={}, now=now)
+                practice_id = str(practice["id"])
+            row = await auth_store.create_user(
+                conn, email=email, practice_id=uuid.UUID(practice_id), invited_by_practice=uuid.UUID(practice_id),
+                first_name="Dana", last_name="Example", phone=None, roles=("member", *roles), two_step_required=False,
+                time_zone="America/New_York", now=now)
+            await auth_store.update_user(conn, row["id"], {"status": "verified", "registered_at": now,
+                                                           "terms_version": "2026-01"}, now)
+        return User(str(row["id"]), practice_id, roles)
+
+    async def call(self, method: str, path: str, user: User, body: Any = None) -> tuple[int, Any]:
+        ident = identity.Identity(user_id=user.id, practice_id=user.practice_id, roles=("member", *user.roles),
+                                  session_id="s-" + user.id[:8], ip="203.0.113.7")
+        header = identity.sign(ident, secret=self.secret, method=method, path=path,
+                               now=self.clock.now().timestamp(), ttl=30)
+        async with self.http.request(method, self.url + path, json=body, headers={identity.HEADER: header}) as resp:
+            return resp.status, await resp.json()
+
+    async def change_email(self, user: User, new_email: str) -> None:
+        """The user's own change of address, as auth-service does it: PATCH /me, then the
+        single-use link mailed to the new address, opened while signed in."""
+        status, body = await self.call("PATCH", "/me", user, {"email": new_email})
+        assert status == 200 and body.get("email_confirmation_sent"), body
+        rows = await self.pool.fetch("SELECT envelope FROM outbox WHERE type = $1 ORDER BY created_at, id",
+                                     EmailRequested.TYPE)
+        links = [opened["link"] for opened in (
+            self.sealer.open(json.loads(r["envelope"])["data"]["sealed"], context=EmailRequested.TYPE) for r in rows)
+            if opened["to"] == new_email and "link" in opened]
+        fragment = urlsplit(links[-1]).fragment  # "/confirm-email?token=..."
+        token = parse_qs(urlsplit(fragment).query)["token"][0]
+        status, body = await self.call("POST", "/me/email/confirm", user, {"token": token})
+        assert status == 200 and body["user"]["email"] == new_email, body

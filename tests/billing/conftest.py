@@ -1,6 +1,8 @@
 """Fixtures for billing-service tests: the local Stripe-compatible server and billing-service
 on real sockets (real PostgreSQL and RabbitMQ), the official stripe SDK unchanged in between,
-and a bus observer that also plays auth-service (publishes auth.user.registered)."""
+and a bus observer that also plays auth-service (publishes auth.user.registered). Where a test
+needs users' sign-in addresses, the real auth-service runs too (`accounts`; a module wires
+billing to it by overriding `billing_extra`)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -8,6 +10,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from msp_auth.app import create_app as create_auth
+from msp_auth.config import AuthSettings
 from msp_billing import stripe_local
 from msp_billing.app import create_app
 from msp_billing.config import BillingSettings
@@ -15,8 +19,11 @@ from msp_shared import db
 from msp_shared.bus import Bus
 from msp_shared.clock import ManualClock
 from msp_shared.events import Envelope
+from msp_shared.seal import Sealer
 
-from billing_kit import API_KEY, WEBHOOK_SECRET, Billing, serve
+from billing_kit import API_KEY, WEBHOOK_SECRET, Accounts, Billing, serve
+
+NO_AUTH_SERVICE = "http://127.0.0.1:9"  # the discard port: nothing answers there
 
 
 @pytest.fixture
@@ -28,13 +35,35 @@ async def stripe_server() -> AsyncIterator[tuple[stripe_local.StripeState, str]]
 
 
 @pytest.fixture
+async def accounts(base_env: dict, clock: ManualClock) -> AsyncIterator[Accounts]:
+    """auth-service (cheap argon2: no test here hashes a password) on a real socket."""
+    settings = AuthSettings(**base_env, argon2_time_cost=1, argon2_memory_kib=1024, hash_workers=1,
+                            shutdown_grace_seconds=2)
+    app = create_auth(settings, clock=clock)
+    runner, url = await serve(app)
+    http = aiohttp.ClientSession()
+    try:
+        yield Accounts(url=url, app=app, secret=settings.identity_secret.get_secret_value().encode(), clock=clock,
+                       http=http, sealer=Sealer(settings.seal_key.get_secret_value()))
+    finally:
+        await http.close()
+        await runner.cleanup()
+
+
+@pytest.fixture
+def billing_extra() -> dict:
+    """Extra billing settings: by default, no auth-service to ask for addresses."""
+    return {"auth_url": NO_AUTH_SERVICE}
+
+
+@pytest.fixture
 async def billing(base_env: dict, clock: ManualClock, stripe_server, amqp_url: str,
-                  exchange_name: str) -> AsyncIterator[Billing]:
+                  exchange_name: str, billing_extra: dict) -> AsyncIterator[Billing]:
     state, stripe_url = stripe_server
-    settings = BillingSettings(
-        **base_env, stripe_api_key=API_KEY, stripe_api_base=stripe_url, stripe_webhook_secret=WEBHOOK_SECRET,
-        stripe_max_network_retries=0, shutdown_grace_seconds=2,
-    )
+    settings = BillingSettings(**{
+        **base_env, "stripe_api_key": API_KEY, "stripe_api_base": stripe_url, "stripe_webhook_secret": WEBHOOK_SECRET,
+        "stripe_max_network_retries": 0, "shutdown_grace_seconds": 2, **billing_extra,
+    })
     runner, url = await serve(create_app(settings, clock=clock))
     state.webhook_url = url + "/billing/webhooks/stripe"
 

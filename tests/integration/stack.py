@@ -163,7 +163,7 @@ async def build_stack(base_env: dict, clock: ManualClock, dev_outbox: Path, tmp_
             stripe_state = stripe_app[stripe_local.STATE]
             stripe_url = await serve(stripe_app)
             billing_app = create_billing(BillingSettings(**{
-                **base_env, "stripe_api_key": STRIPE_API_KEY, "stripe_api_base": stripe_url,
+                **base_env, "auth_url": auth_url, "stripe_api_key": STRIPE_API_KEY, "stripe_api_base": stripe_url,
                 "stripe_webhook_secret": STRIPE_WEBHOOK_SECRET, "stripe_max_network_retries": 0,
                 "shutdown_grace_seconds": 2, **overrides.get("billing", {})}), clock=clock)
             billing_url = await serve(billing_app)

@@ -1,6 +1,6 @@
 """billing-service app factory: the `billing` schema, the billing routes, the Stripe webhook
-(the one path exempt from the gateway identity check), the auth.user.registered consumer and
-the outbox relay for the events billing emits."""
+(the one path exempt from the gateway identity check), the auth.user.registered consumer,
+the outbox relay for the events billing emits and the HTTP client for auth-service."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -14,7 +14,7 @@ from msp_shared.clock import Clock, SystemClock
 from msp_shared.seal import Sealer
 from msp_shared.web import service_app
 
-from . import handlers, http, webhooks
+from . import accounts, handlers, http, webhooks
 from .config import BillingSettings
 from .keys import PAYMENTS, SEALER
 from .payments import Payments
@@ -40,6 +40,7 @@ def create_app(settings: BillingSettings, *, clock: Clock | None = None) -> web.
     http.add_routes(app)
     app.router.add_post(webhooks.PATH, webhooks.stripe_webhook)
     app.cleanup_ctx.append(_payments_ctx)
+    app.cleanup_ctx.append(accounts.http_client_ctx)
     app.cleanup_ctx.append(bus_ctx(subscribe=handlers.subscribe))
     app.cleanup_ctx.append(outbox.outbox_relay_ctx)
     return app

@@ -41,3 +41,9 @@ class BillingSettings(ServiceSettings):
         description="Stripe price lookup_key of the SecureMail plan; created on first use if absent.",
     )
     currency: str = Field("usd", description="Currency of the SecureMail price.")
+    auth_url: str = Field(
+        "http://127.0.0.1:8101",
+        description="Base URL of auth-service, asked for a user's sign-in address when they email "
+        "their invoices to themselves (MSP_AUTH_URL).",
+    )
+    auth_timeout_seconds: float = Field(10.0, description="Timeout of a call to auth-service (MSP_AUTH_TIMEOUT_SECONDS).")

@@ -3,11 +3,12 @@
 Authorisation on every request from the gateway's verified identity: only User Managers use
 billing, they pay with their own card for users of their own practice (purchase_rules.py).
 
-Where invoice emails go: the gateway identity carries no email address and billing does not
-own accounts, so the User Manager gives a billing address with their first card
-(`PUT /billing/card {"payment_method_token", "email"}`); billing keeps it sealed (AES-GCM)
-and sets it on the Stripe customer. `POST /billing/invoices/email` takes no address: it mails
-the caller's own invoices only to the address stored for the caller."""
+Where invoice emails go: `POST /billing/invoices/email` takes no address (a body naming one is
+refused). It mails the invoices of the caller's own account only, whoever paid them, to the
+address the caller signs in with, which billing asks of auth-service at that moment
+(accounts.py: billing stores no copy that could go stale). The billing email given with the
+first card (`PUT /billing/card {"payment_method_token", "email"}`) is only set on the Stripe
+customer, for Stripe's receipts."""
 from __future__ import annotations
 
 import hashlib
@@ -25,12 +26,11 @@ from msp_shared.identity import Identity
 from msp_shared.mailer import request_email
 from msp_shared.web import CLOCK, POOL, SETTINGS, read_model, require_user
 
-from . import accounting, purchase_rules, store
+from . import accounting, accounts, purchase_rules, store
 from .keys import PAYMENTS, SEALER
 
 log = logging.getLogger(__name__)
 
-EMAIL_CONTEXT = "billing.payer.email"
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
@@ -43,6 +43,11 @@ class CardIn(BaseModel):
 class PurchaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: uuid.UUID
+
+
+class InvoicesEmailIn(BaseModel):
+    """Nothing: the recipient is never the client's to choose (any field is refused)."""
+    model_config = ConfigDict(extra="forbid")
 
 
 def _check_manager(ident: Identity) -> Identity:
@@ -106,7 +111,7 @@ async def put_card(request: web.Request) -> web.Response:
     pool, clock, payments = request.app[POOL], request.app[CLOCK], request.app[PAYMENTS]
     existing = await store.payer(pool, ident.user_id)
     if existing is None and not body.email:
-        raise ApiError(422, "email_required", "Give the email address invoices should be sent to.",
+        raise ApiError(422, "email_required", "Give the billing email address for the card's Stripe receipts.",
                        {"fields": {"email": "required with the first card"}})
     # Same token and email again (a retry) -> the same Stripe calls, replayed, not repeated.
     request_digest = hashlib.sha256(f"{body.payment_method_token}\n{body.email}".encode()).hexdigest()[:24]
@@ -118,13 +123,12 @@ async def put_card(request: web.Request) -> web.Response:
     except stripe.StripeError as exc:
         await _audit(request, ident, "billing.card.set", "failed", ident.user_id, reason=type(exc).__name__)
         raise _stripe_failure(exc) from None
-    sealed = request.app[SEALER].seal({"email": body.email}, context=EMAIL_CONTEXT) if body.email else None
     card = pm.card
     async with pool.acquire() as conn, conn.transaction():
         await store.save_card(
             conn, user_id=ident.user_id, practice_id=ident.practice_id, customer_id=customer_id,
             payment_method_id=pm.id, brand=card.brand, last4=card.last4, exp_month=card.exp_month,
-            exp_year=card.exp_year, email_sealed=sealed, at=clock.now(),
+            exp_year=card.exp_year, at=clock.now(),
         )
         await store.audit(conn, at=clock.now(), actor=ident.user_id, subject=ident.user_id,
                           action="billing.card.set", outcome="ok", ip=ident.ip)
@@ -254,7 +258,7 @@ def _invoice_view(row: Any, caller: str) -> dict[str, Any]:
 
 async def list_invoices(request: web.Request) -> web.Response:
     ident = _manager(request)
-    rows = await store.invoices_paid_by(request.app[POOL], ident.user_id)
+    rows = await store.invoices_visible_to(request.app[POOL], ident.user_id)
     return web.json_response({"invoices": [_invoice_view(r, ident.user_id) for r in rows]})
 
 
@@ -263,17 +267,19 @@ def _money(cents: int, currency: str) -> str:
 
 
 async def email_invoices(request: web.Request) -> web.Response:
-    """Mail the caller's invoices for their own account only, to the caller's stored address."""
+    """Mail the invoices of the caller's own account (never of users they pay for), whoever
+    paid them, to the caller's own sign-in address as auth-service has it now."""
     ident = await _guarded(request, "billing.invoices.email")
+    try:
+        await read_model(request, InvoicesEmailIn)
+    except ApiError as exc:
+        await _audit(request, ident, "billing.invoices.email", f"denied:{exc.code}", ident.user_id)
+        raise
     pool, clock = request.app[POOL], request.app[CLOCK]
-    payer = await store.payer(pool, ident.user_id)
-    if payer is None or not payer["email_sealed"]:
-        raise ApiError(422, "no_billing_email", "No card and billing email address are on file for you yet: "
-                       "the PBHS Billing Dept. (800-840-5383) sets them up.")
-    rows = await store.invoices_paid_by(pool, ident.user_id, user_id=ident.user_id)
+    rows = await store.invoices_of_user(pool, ident.user_id)
     if not rows:
         raise ApiError(422, "no_invoices", "There are no invoices for your account yet.")
-    to = request.app[SEALER].open(payer["email_sealed"], context=EMAIL_CONTEXT)["email"]
+    to = await accounts.sign_in_address(request.app, ident.user_id)
     lines = [
         f"Invoice {r['number'] or r['stripe_invoice_id']} — {r['created_at']:%Y-%m-%d} — "
         f"{_money(r['amount_paid_cents'], r['currency'])} — {r['status']}"

@@ -1,6 +1,7 @@
 """Typed app keys of billing-service's own resources."""
 from __future__ import annotations
 
+import aiohttp
 from aiohttp import web
 
 from msp_shared.seal import Sealer
@@ -9,3 +10,4 @@ from .payments import Payments
 
 PAYMENTS = web.AppKey("payments", Payments)
 SEALER = web.AppKey("sealer", Sealer)
+AUTH_HTTP = web.AppKey("auth_http", aiohttp.ClientSession)  # calls to auth-service (accounts.py)

@@ -35,18 +35,18 @@ async def payer(conn: Conn, user_id: str) -> asyncpg.Record | None:
 
 async def save_card(
     conn: Conn, *, user_id: str, practice_id: str, customer_id: str, payment_method_id: str,
-    brand: str, last4: str, exp_month: int, exp_year: int, email_sealed: str | None, at: datetime,
+    brand: str, last4: str, exp_month: int, exp_year: int, at: datetime,
 ) -> None:
     await conn.execute(
         "INSERT INTO payers (user_id, practice_id, stripe_customer_id, payment_method_id, card_brand,"
-        " card_last4, card_exp_month, card_exp_year, email_sealed, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+        " card_last4, card_exp_month, card_exp_year, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
         " ON CONFLICT (user_id) DO UPDATE SET payment_method_id = EXCLUDED.payment_method_id,"
         " card_brand = EXCLUDED.card_brand, card_last4 = EXCLUDED.card_last4,"
         " card_exp_month = EXCLUDED.card_exp_month, card_exp_year = EXCLUDED.card_exp_year,"
-        " email_sealed = COALESCE(EXCLUDED.email_sealed, payers.email_sealed), updated_at = EXCLUDED.updated_at",
+        " updated_at = EXCLUDED.updated_at",
         uuid.UUID(user_id), uuid.UUID(practice_id), customer_id, payment_method_id, brand, last4,
-        exp_month, exp_year, email_sealed, at,
+        exp_month, exp_year, at,
     )
 
 
@@ -136,15 +136,20 @@ async def insert_invoice(
     return bool(inserted)
 
 
-async def invoices_paid_by(conn: Conn, payer_id: str, *, user_id: str | None = None) -> list[asyncpg.Record]:
-    if user_id is None:
-        return await conn.fetch(
-            "SELECT * FROM invoices WHERE payer_id = $1 ORDER BY created_at DESC, stripe_invoice_id",
-            uuid.UUID(payer_id),
-        )
+async def invoices_visible_to(conn: Conn, caller_id: str) -> list[asyncpg.Record]:
+    """The invoices a User Manager may list: those they paid (for any user) and those of their
+    own account, whoever paid them."""
     return await conn.fetch(
-        "SELECT * FROM invoices WHERE payer_id = $1 AND user_id = $2 ORDER BY created_at DESC, stripe_invoice_id",
-        uuid.UUID(payer_id), uuid.UUID(user_id),
+        "SELECT * FROM invoices WHERE payer_id = $1 OR user_id = $1 ORDER BY created_at DESC, stripe_invoice_id",
+        uuid.UUID(caller_id),
+    )
+
+
+async def invoices_of_user(conn: Conn, user_id: str) -> list[asyncpg.Record]:
+    """The invoices of one user's own account, whoever paid them."""
+    return await conn.fetch(
+        "SELECT * FROM invoices WHERE user_id = $1 ORDER BY created_at DESC, stripe_invoice_id",
+        uuid.UUID(user_id),
     )
 
 

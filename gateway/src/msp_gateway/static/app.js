@@ -900,14 +900,14 @@ async function viewInvoices() {
     mailButton.disabled = true; mailErr.hidden = true;
     try {
       const sent = await api("POST", "/billing/invoices/email", {});
-      say(`${sent.invoices === 1 ? "Your invoice is" : `Your ${sent.invoices} invoices are`} on the way to your billing email address.`);
+      say(`${sent.invoices === 1 ? "Your invoice is" : `Your ${sent.invoices} invoices are`} on the way to your email address.`);
     } catch (ex) { showError(mailErr, ex); mailErr.focus(); }
     mailButton.disabled = false;
   } }, "Email my invoices");
   pageFor(seq, "SecureMail payments",
     h("p", {}, card ? `Card on file: ${card.brand || "card"} ending in ${card.last4}, expires ${card.exp_month}/${card.exp_year}.` : "No credit card on file."),
     h("p", { class: "hint" }, "To change the payment method, contact the PBHS Billing Dept. at 800-840-5383."),
-    h("div", { class: "row" }, mailButton, h("span", { class: "hint" }, "The invoices for your own account only, to your billing email address.")), mailErr,
+    h("div", { class: "row" }, mailButton, h("span", { class: "hint" }, "The invoices for your own account only, sent to the email address you sign in with.")), mailErr,
     invoices.length ? h("div", { class: "table-wrap" }, h("table", { class: "stack" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Invoice"), h("th", { scope: "col" }, "Period"), h("th", { scope: "col" }, "Amount"), h("th", { scope: "col" }, "Status"))),
       h("tbody", {}, rows))) : h("p", { class: "hint" }, "No invoices yet."), err);
