@@ -1,6 +1,8 @@
 """CSRF, cross-site requests, security headers, rate limits and the client address."""
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from gateway_kit import PASSWORD, SEEN
@@ -53,6 +55,32 @@ async def test_login_refuses_forms_and_other_sites(browser, database_url):
     async with browser.http.post(browser.url("/api/v1/session"), headers=same,
                                  json={"email": "alice@example.com", "password": PASSWORD}) as resp:
         assert resp.status == 200
+
+
+async def test_signed_in_reads_from_another_site_are_refused(browser, browsers, gateway):
+    """Opening a message is a GET with effects (it is marked opened): a link on another site,
+    followed by a signed-in recipient, must not set them off."""
+    assert (await browser.login()).status == 200
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "https://evil.example"}):
+        status, error, _ = await browser.get_json("/api/v1/me", headers=headers)
+        assert status == 403 and error["error"] == "cross_site_request", headers
+    for headers in ({}, {"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {"Origin": browser.base}):
+        assert (await browser.get_json("/api/v1/me", headers=headers))[0] == 200, headers  # the app, or a bookmark
+    # without a session cookie a read is anyone's, from anywhere (the API's description)
+    anonymous = browsers(gateway.url)
+    status, doc, _ = await anonymous.get_json("/api/v1/openapi.json", headers={"Sec-Fetch-Site": "cross-site"})
+    assert status == 200 and doc["openapi"].startswith("3.")
+
+
+async def test_a_crafted_session_cookie_is_an_unknown_session_not_a_crash(gateway):
+    """Raw bytes, as no well-behaved client would send them: undecodable UTF-8 in a quoted cookie."""
+    host, port = gateway.server.host, gateway.server.port
+    for value in (b'"\xff\xfe"', b"\xc3\xa9t\xc3\xa9", b'"\xed\xb3\xbf"'):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: msp_session=" + value + b"\r\n\r\n")
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] == b"401", (value, status_line)
 
 
 async def test_security_headers_on_every_kind_of_response(browser, gateway):

@@ -202,6 +202,16 @@ async def _session_step(request: web.Request, idle_check: bool = False) -> None:
     request[CLIENT_IP] = client_ip(request.remote, headers.get("X-Forwarded-For") if gw.proxies else None, gw.proxies)
     activity = not (idle_check and request.method == "GET" and request.query_string and _idle_check(request))
     cookie = session_cookie(request, gw.settings.session_cookie_name)
+    # Refused before the session is even looked at (nor its activity counted): a state change,
+    # or any request carrying the session cookie, that a browser says another site made. Reads
+    # have effects too (opening a message marks it opened): a link elsewhere must not set them
+    # off. Allowed: the public URL's origin, configured extras, and the origin the browser
+    # itself addressed (Host cannot be set by a page, so a foreign page never matches it).
+    origin, fetch_site = headers.get("Origin"), headers.get("Sec-Fetch-Site")
+    if (origin or fetch_site) and (cookie or request.method in UNSAFE_METHODS) and csrf.cross_site(
+        origin, fetch_site, gw.allowed_origins | {f"{request.scheme}://{request.host}".lower()}
+    ):
+        raise ApiError(403, "cross_site_request", "Requests from other sites are not accepted.")
     session: Session | None = None
     if cookie:
         session, why = await gw.sessions.resolve(cookie, gw.clock.now(), activity=activity)
@@ -212,11 +222,6 @@ async def _session_step(request: web.Request, idle_check: bool = False) -> None:
     request[COOKIE] = cookie if session else None
 
     if request.method in UNSAFE_METHODS:
-        # Allowed: the public URL's origin, configured extras, and the origin the browser
-        # itself addressed (Host cannot be set by a page, so a foreign page never matches it).
-        allowed = gw.allowed_origins | {f"{request.scheme}://{request.host}".lower()}
-        if csrf.cross_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), allowed):
-            raise ApiError(403, "cross_site_request", "Requests from other sites are not accepted.")
         # Signing in again (as someone else) needs no token: it is guarded like every
         # signed-out request, by JSON and the origin checks, and rotates the session.
         signing_in = request.method == "POST" and request.path == f"{PREFIX}/session"

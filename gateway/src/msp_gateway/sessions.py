@@ -26,7 +26,8 @@ MAX_CACHED = 100_000
 
 
 def token_hash(cookie_value: str) -> bytes:
-    return hashlib.sha256(cookie_value.encode()).digest()
+    # surrogatepass: a quoted cookie may carry undecodable bytes, which aiohttp hands over as lone surrogates
+    return hashlib.sha256(cookie_value.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass
