@@ -60,6 +60,9 @@ async def test_fifth_wrong_password_locks_and_only_the_right_password_learns_it(
     right = await auth.login("carol@example.org", GOOD_PASSWORD)
     assert right.status == 423 and right.body["error"] == "account_locked"
     assert "reset your password" in right.body["message"].lower()
+    # ... or ask PBHS Support, as the help page's FAQ says.
+    assert "PBHS Support" in right.body["message"] and "email address" in right.body["message"]
+    assert set(right.body) == {"error", "message", "details"}
 
     # Effects of the lock: the user is told by email, sessions end, other services learn it.
     mails = await auth.emails("account_locked")

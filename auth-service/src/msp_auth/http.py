@@ -28,7 +28,9 @@ from .keys import AUTH_SETTINGS
 INVALID_CREDENTIALS = ApiError(401, "invalid_credentials", "The email or password is not right.")
 ACCOUNT_LOCKED = ApiError(
     423, "account_locked",
-    "Your account is locked after too many unsuccessful attempts. Reset your password to unlock it.",
+    "Your account is locked after too many unsuccessful attempts. Reset your password to unlock it. "
+    "You may also notify PBHS Support of your account's email address so they can assist you with unlocking "
+    "your account and resetting your password.",
 )
 RESET_REQUIRED = ApiError(
     423, "password_reset_required", "Your account was unlocked; choose a new password with \"Forgot password\" to sign in."
