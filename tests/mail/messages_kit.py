@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
@@ -223,7 +223,10 @@ async def stop_stack(servers: list) -> None:
 
 
 def message_id_from_link(link: str) -> str:
-    return urlsplit(link).fragment.rsplit("/", 1)[-1]
+    """The message id of a notification's link: the web app's route #/message?id=<id>."""
+    route, _, query = urlsplit(link).fragment.partition("?")
+    assert route == "/message", link
+    return parse_qs(query)["id"][0]
 
 
 __all__ = ["CLIENT_IP", "DICOM", "DOCX", "PDF", "PNG", "TXT", "Resp", "Stack", "User", "aiohttp", "compose",

@@ -144,3 +144,4 @@ async def test_sender_gets_one_digest_before_attachments_expire(stack: Stack) ->
     assert digests[0]["to"] == sender.email
     assert "2 of your sent secure messages with attachments" in digests[0]["params"]["text"]
     assert "Ana Lopez" not in repr(digests[0]) and "a.pdf" not in repr(digests[0])
+    assert digests[0]["params"]["link"].endswith("/#/sent")  # the web app's Sent folder

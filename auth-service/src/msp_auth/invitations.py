@@ -2,9 +2,10 @@
 invitation kills the user's earlier ones.
 
 Who invites: Support, when it opens a practice or adds its staff (manage.py); User Managers
-re-invite; and senders of secure messages inviting new recipients. That last one is
-mail-service's: `invite_recipient` below is the seam for it (to be driven by an event such as
-"mail.recipient.invite_requested" consumed here, or an internal endpoint), not wired yet."""
+and Support re-invite (`reinvite`); and senders of secure messages, through mail-service's
+call to /internal/recipients (recipients.py): an address with no account is invited
+(`invite_recipient`), and a recipient still waiting to register gets a fresh link
+(`reinvite_recipient`, the re-invite path, bounded so a sender cannot flood an address)."""
 from __future__ import annotations
 
 import uuid
@@ -44,6 +45,31 @@ async def send_invitation(
         conn, sealer, template="invitation", to=user["email"], secrets={"link": link},
         params={"practice_name": practice["name"] if practice else "SecurePractice"}, requested_by=SERVICE,
     )
+
+
+def may_reinvite(user: asyncpg.Record) -> bool:
+    """Only an account nobody has registered yet gets a new invitation: status "invited" and
+    no password. A registered account (even one still proving its phone) is never touched."""
+    return user["status"] == "invited" and user["password_hash"] is None
+
+
+async def reinvite(
+    conn: asyncpg.Connection,
+    *,
+    settings: AuthSettings,
+    sealer: Sealer,
+    now: datetime,
+    user: asyncpg.Record,
+    invited_by: uuid.UUID | str | None,
+) -> None:
+    """Re-invite a user still waiting to register: a new link (the previous one stops working)
+    to the account's current address, naming the practice that first invited them. The caller
+    has checked `may_reinvite` on the locked row and writes the audit entry."""
+    if not may_reinvite(user):
+        raise ValueError("only an invited user who has not registered can be re-invited")
+    practice = await store.get_practice(conn, user["invited_by_practice"] or user["practice_id"])
+    await send_invitation(conn, settings=settings, sealer=sealer, now=now, user=user, practice=practice,
+                          invited_by=invited_by)
 
 
 async def create_invited_user(
@@ -100,3 +126,47 @@ async def invite_recipient(
     await store.audit(conn, at=now, action="invitation_sent", actor_id=sender_id, subject_id=user["id"],
                       practice_id=sender_practice_id, details={"reason": "message_recipient"})
     return user
+
+
+# A secure message to someone still waiting to register sends them a fresh invitation, so
+# the "message waiting" mail never arrives without a way in (the help page: correct the
+# address, "then ... send them a new message to the current email address").
+#
+# Anti-flood bound. The User Managers' re-invite has no rate limit of its own (it needs a
+# manager of the practice); any paid sender can write to any address, so messages get one:
+# at most one invitation per recipient per MESSAGE_REINVITE_INTERVAL. A recipient sent a
+# link (by a message, a re-invite or their first invitation) less than that long ago gets
+# none: that link still works. The one exception is a link revoked because a User Manager
+# corrected the address: the current address never got a link, so the next message sends
+# one at once (only a manager of the inviting practice can change the address, and they can
+# re-invite anyway). Registered accounts never get one (`may_reinvite`).
+MESSAGE_REINVITE_INTERVAL = timedelta(minutes=15)
+
+
+async def reinvite_recipient(
+    conn: asyncpg.Connection,
+    *,
+    settings: AuthSettings,
+    sealer: Sealer,
+    now: datetime,
+    user: asyncpg.Record,
+    sender_id: uuid.UUID,
+    sender_practice_id: uuid.UUID | None,
+) -> bool:
+    """A secure message to an existing account: if it is still only invited, re-invite it
+    (as `reinvite`, audited alike with the sender as actor), within the bound above. True
+    when an invitation was sent. Registered accounts are returned untouched."""
+    if not may_reinvite(user):
+        return False
+    # Lock the row: two messages at the same moment must not both send a link.
+    locked = await store.get_user(conn, user["id"], for_update=True)
+    if locked is None or not may_reinvite(locked):
+        return False
+    if await store.count_unrevoked_tokens_since(conn, locked["id"], "invitation", now - MESSAGE_REINVITE_INTERVAL):
+        return False
+    await reinvite(conn, settings=settings, sealer=sealer, now=now, user=locked, invited_by=sender_id)
+    # The same entry as a re-invite's, and as a new recipient's invitation: the sender is the actor.
+    await store.audit(conn, at=now, action="invitation_sent", actor_id=sender_id, subject_id=locked["id"],
+                      practice_id=locked["practice_id"] or sender_practice_id,
+                      details={"reason": "message_recipient", "reinvite": True})
+    return True

@@ -29,7 +29,7 @@ from msp_shared.web import read_model, require_user
 
 from . import store
 from .accounts import Ctx, ctx, practice_view, revoke_sessions, two_step_without_phone
-from .invitations import create_invited_user, send_invitation
+from .invitations import create_invited_user, may_reinvite, reinvite, send_invitation
 
 USER_MANAGER = "user_manager"
 SUPPORT = "support"
@@ -157,9 +157,7 @@ async def _unlock(conn: asyncpg.Connection, c: Ctx, target: asyncpg.Record, by: 
 
 
 async def _reinvite(conn: asyncpg.Connection, c: Ctx, target: asyncpg.Record, by: str) -> None:
-    practice = await store.get_practice(conn, target["invited_by_practice"] or target["practice_id"])
-    await send_invitation(conn, settings=c.settings, sealer=c.sealer, now=c.now, user=target, practice=practice,
-                          invited_by=c.actor_id)
+    await reinvite(conn, settings=c.settings, sealer=c.sealer, now=c.now, user=target, invited_by=c.actor_id)
     await c.audit(conn, "invitation_sent", subject=target["id"], practice_id=target["practice_id"], by=by, reinvite=True)
 
 
@@ -236,7 +234,7 @@ async def reinvite_practice_user(request: web.Request) -> web.Response:
         target = await store.get_user(conn, _user_id(request), for_update=True)
         if target is None:
             raise not_found("No such user.")
-        if target["status"] != "invited":
+        if not may_reinvite(target):
             own = SUPPORT in actor["roles"] or target["practice_id"] == actor["practice_id"]
             if not own:
                 raise not_found("No such user.")

@@ -5,6 +5,10 @@ addresses) into user ids now, inviting the addresses that have no account.
                                "phones"?: {email: {"phone"?, "cell_phone"?}}}
     → 200 {"recipients": [{"email", "user_id", "invited"}], "sender": {...}}
 
+"invited" is true when this call sent the address an invitation: a new account, or a fresh
+link for an account still waiting to register (the earlier link stops working; at most one
+such re-invitation per recipient per invitations.MESSAGE_REINVITE_INTERVAL).
+
 `phones` are the numbers the sender entered for recipients new to the portal: an invited
 recipient gets them (the help page's "phone number ... you entered during the sending of the
 original message"), and proves `phone` when registering. Ignored for existing accounts.
@@ -12,8 +16,9 @@ original message"), and proves `phone` when registering. Ignored for existing ac
 Only services may call it (a signed identity with the "service" role); the gateway does not
 route /internal at all. A new recipient is created "invited", belongs to no practice, shows
 in the sending practice's Manage Users (where its User Managers set 2-step on or off for
-them; on by default) and gets the invitation email. The sender's name and practice come
-back too: mail-service shows them to recipients and names the practice in its notification."""
+them; on by default) and gets the invitation email. A registered account is only looked up.
+The sender's name and practice come back too: mail-service shows them to recipients and
+names the practice in its notification."""
 from __future__ import annotations
 
 import re
@@ -96,16 +101,29 @@ async def _resolve(c, body: RecipientsIn, numbers: dict[str, dict[str, str]]) ->
         practice = await store.get_practice(conn, sender["practice_id"])
         # The practice the recipient is invited by is the sender's own, as auth knows it.
         inviting = sender["practice_id"]
-        answer = []
-        for email in dict.fromkeys(e.strip() for e in body.emails):
+        found: dict[str, dict] = {}
+        emails = list(dict.fromkeys(e.strip() for e in body.emails))
+        # Rows are locked (re-invitations) and inserted in one order for every caller, so two
+        # messages naming the same addresses in another order cannot deadlock.
+        for email in sorted(emails, key=str.lower):
             user = await store.get_user_by_email(conn, email)
-            invited = user is None
             if user is None:
                 user = await invitations.invite_recipient(
                     conn, settings=c.settings, sealer=c.sealer, now=c.now, email=email,
                     sender_practice_id=inviting, sender_id=sender["id"], **numbers.get(email.lower(), {}),
                 )
-            answer.append({"email": user["email"], "user_id": str(user["id"]), "invited": invited})
+                invited = True
+            else:
+                # Still only invited (never registered): a fresh link with this message, so the
+                # "message waiting" mail is never a dead end (after a User Manager corrected the
+                # address, or the first link expired). Bounded per recipient; registered
+                # accounts are untouched. See invitations.reinvite_recipient.
+                invited = await invitations.reinvite_recipient(
+                    conn, settings=c.settings, sealer=c.sealer, now=c.now, user=user,
+                    sender_id=sender["id"], sender_practice_id=inviting,
+                )
+            found[email] = {"email": user["email"], "user_id": str(user["id"]), "invited": invited}
+    answer = [found[email] for email in emails]
     return web.json_response({"recipients": answer, "sender": sender_view(sender, practice)})
 
 

@@ -303,6 +303,15 @@ async def count_tokens_since(conn: asyncpg.Connection, user_id: uuid.UUID, kind:
     )
 
 
+async def count_unrevoked_tokens_since(conn: asyncpg.Connection, user_id: uuid.UUID, kind: str, since: datetime) -> int:
+    """Tokens of this kind created after `since` that are neither used nor revoked (expired ones count)."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM tokens WHERE user_id = $1 AND kind = $2 AND created_at > $3"
+        " AND used_at IS NULL AND revoked_at IS NULL",
+        user_id, kind, since,
+    )
+
+
 # ---- verification proofs ----------------------------------------------------------------------
 
 async def use_proof(conn: asyncpg.Connection, *, jti: str, user_id: uuid.UUID, purpose: str, now: datetime,

@@ -85,6 +85,8 @@ class Ctx:
         return Upload(app[BLOBS], app[MASTER_KEYS], max_files=self.settings.attachment_max_files)
 
     def link(self, fragment: str) -> str:
+        """A link into the web app: `fragment` is one of its hash routes (gateway static/app.js,
+        PUBLIC and PRIVATE), e.g. "message?id=..."; tests/gateway/test_email_links.py checks each."""
         return self.settings.public_url.rstrip("/") + "/#/" + fragment.lstrip("/")
 
 
@@ -196,7 +198,7 @@ async def _notify(conn: asyncpg.Connection, c: Ctx, message_id: uuid.UUID, sende
     for address in emails:
         await request_email(
             conn, sealer, template="message_waiting", to=address,
-            params={"practice_name": from_name}, secrets={"link": c.link(f"messages/{message_id}")},
+            params={"practice_name": from_name}, secrets={"link": c.link(f"message?id={message_id}")},
             requested_by="mail",
         )
 

@@ -105,7 +105,7 @@ class Sweeper:
                         "title": "Secure messages with attachments expire soon",
                         "text": f"{count} of your sent secure {noun} with attachments will expire within {days} days, "
                                 "and their attachments will be deleted. Sign in to see which.",
-                        "link": self.settings.public_url.rstrip("/") + "/#/messages?folder=sent",
+                        "link": self.settings.public_url.rstrip("/") + "/#/sent"  # the web app's Sent folder,
                     },
                     requested_by="mail",
                 )
