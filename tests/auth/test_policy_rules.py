@@ -111,3 +111,11 @@ def test_expiry_at_90_days_and_warnings_each_once() -> None:
     late = due(84, set())  # the task was down: only the nearest warning, earlier ones marked done
     assert late.days == 7 and late.mark_sent == frozenset({14, 7})
     assert due(91, set()) is None  # expired: no warning, the login restriction takes over
+
+
+def test_the_rules_a_form_shows_name_the_history_size() -> None:
+    portal = policy.rules("practice_portal", two_step=False, history_size=6).as_dict()
+    assert portal["history"] is True and portal["history_size"] == 6
+    assert policy.rules("practice_portal", two_step=False, history_size=0).as_dict()["history"] is False
+    nist = policy.rules("nist_rev4", two_step=True, history_size=6).as_dict()
+    assert (nist["history"], nist["history_size"], nist["min_length"]) == (False, 0, 8)

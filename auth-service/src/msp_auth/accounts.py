@@ -94,7 +94,8 @@ def ctx(request: web.Request) -> Ctx:
 # ---- grants and profiles ----------------------------------------------------------------------
 
 def rules(settings: AuthSettings, user: asyncpg.Record | None = None) -> policy.Rules:
-    return policy.rules(settings.password_policy, two_step=bool(user and two_step_applies(user)))
+    return policy.rules(settings.password_policy, two_step=bool(user and two_step_applies(user)),
+                        history_size=settings.password_history_size)
 
 
 def password_expires_at(settings: AuthSettings, user: asyncpg.Record) -> datetime | None:

@@ -326,7 +326,8 @@ async def get_invitation(request: web.Request) -> web.Response:
         "phone_hint": phones.hint(user["phone"]),
         "terms_version": c.settings.terms_version,
         # Registration asks for a phone where 2-step is on, so the rules are those with 2-step.
-        "password_rules": policy.rules(c.settings.password_policy, two_step=bool(user["two_step_required"])).as_dict(),
+        "password_rules": policy.rules(c.settings.password_policy, two_step=bool(user["two_step_required"]),
+                                       history_size=c.settings.password_history_size).as_dict(),
         "expires_at": row["expires_at"].isoformat(),
     })
 
@@ -429,8 +430,10 @@ async def get_me(request: web.Request) -> web.Response:
         if user is None:
             raise ApiError(401, "not_signed_in", "Please sign in.")
         practice = await store.get_practice(conn, user["practice_id"])
+    # The rules, so the change-password form lists the ones that apply to this user.
     return web.json_response({"user": public_user(c.settings, user, practice, c.now),
-                              "restriction": ident.extra.get("restriction")})
+                              "restriction": ident.extra.get("restriction"),
+                              "password_rules": rules(c.settings, user).as_dict()})
 
 
 def add_routes(app: web.Application) -> None:

@@ -62,8 +62,9 @@ class Rules:
     profile: Profile
     min_length: int
     composition: bool  # lower, upper, digit and special required
-    history: bool  # not one of the last N passwords
+    history: bool  # not one of the last `history_size` passwords
     expires: bool  # forced expiry after max age
+    history_size: int = 0  # a setting (password_history_size), shown by the forms
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -71,16 +72,17 @@ class Rules:
             "min_length": self.min_length,
             "max_length": MAX_LENGTH,
             "requires_lower_upper_digit_special": self.composition,
-            "history": self.history,
+            "history": self.history and self.history_size > 0,
+            "history_size": self.history_size if self.history else 0,
             "expires": self.expires,
             "blocklist": True,
             "no_email_name": True,
         }
 
 
-def rules(profile: Profile, *, two_step: bool) -> Rules:
+def rules(profile: Profile, *, two_step: bool, history_size: int = 0) -> Rules:
     if profile == "practice_portal":
-        return Rules(profile, min_length=8, composition=True, history=True, expires=True)
+        return Rules(profile, min_length=8, composition=True, history=True, expires=True, history_size=history_size)
     if profile == "nist_rev4":
         return Rules(profile, min_length=8 if two_step else 15, composition=False, history=False, expires=False)
     raise ValueError(f"unknown password policy profile {profile!r}")

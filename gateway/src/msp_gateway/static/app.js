@@ -206,20 +206,35 @@ function afterSignIn(message) {
 // ---- password rules, shown live -------------------------------------------------------------------
 const DEFAULT_RULES = { min_length: 8, requires_lower_upper_digit_special: true };
 
+// The character classes as the server counts them (Python's str.islower/isupper/isdigit/isalnum):
+// letters and digits of any script, so "Élan" has an upper case letter here as it has there.
+// Built from strings: property escapes are newer than some parsers of this file.
+const CHAR = (() => {
+  try {
+    return { lower: new RegExp("\\p{Ll}", "u"), upper: new RegExp("\\p{Lu}", "u"), digit: new RegExp("\\p{Nd}", "u"),
+      alnum: new RegExp("^[\\p{L}\\p{N}]$", "u") };
+  } catch (_ignored) {  // no property escapes in this browser: ASCII classes
+    return { lower: /[a-z]/, upper: /[A-Z]/, digit: /[0-9]/, alnum: /^[A-Za-z0-9]$/ };
+  }
+})();
+
 function passwordChecks(rules) {
   rules = rules || DEFAULT_RULES;
-  const checks = [[`At least ${rules.min_length} characters`, (p) => p.length >= rules.min_length]];
+  const checks = [[`At least ${rules.min_length} characters`, (p) => Array.from(p).length >= rules.min_length]];
   if (rules.requires_lower_upper_digit_special) {
     checks.push(
-      ["A lower case letter (a-z)", (p) => /[a-z]/.test(p)],
-      ["An upper case letter (A-Z)", (p) => /[A-Z]/.test(p)],
-      ["A number (0-9)", (p) => /[0-9]/.test(p)],
-      ["A special character, such as ! ? # %", (p) => /[^A-Za-z0-9]/.test(p)],
+      ["A lower case letter (a-z)", (p) => CHAR.lower.test(p)],
+      ["An upper case letter (A-Z)", (p) => CHAR.upper.test(p)],
+      ["A number (0-9)", (p) => CHAR.digit.test(p)],
+      ["A special character, such as ! ? # %", (p) => Array.from(p).some((c) => !CHAR.alnum.test(c))],
     );
   }
   if (rules.no_email_name) checks.push(["Not your email name (the part before the @)", null]);
   if (rules.blocklist) checks.push(["Not a commonly used password (checked when you save)", null]);
-  if (rules.history) checks.push(["Not one of your recent passwords (checked when you save)", null]);
+  if (rules.history) {
+    checks.push([rules.history_size ? `Not one of your last ${rules.history_size} passwords (checked when you save)`
+      : "Not one of your recent passwords (checked when you save)", null]);
+  }
   return checks;
 }
 
@@ -460,9 +475,12 @@ async function viewVerifyPhone() {
   } catch (ex) { showError(err, ex); pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, err)); }
 }
 
-function viewChangePassword() {
+async function viewChangePassword() {
+  const seq = routeSeq;  // a slower, older view must not replace a newer one
   const err = errorBox();
-  const pw = passwordFields(null);
+  let rules = null;  // the rules that apply to this user (history size, 2-step length); defaults if unknown
+  try { rules = (await api("GET", "/me")).password_rules || null; } catch (_ignored) { /* the form still works */ }
+  const pw = passwordFields(rules);
   const current = h("input", { id: "f-current", name: "current_password", type: "password", autocomplete: "current-password", required: true });
   const form = h("form", { onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
@@ -475,7 +493,7 @@ function viewChangePassword() {
     state.restriction === "password_expired" ? h("p", { class: "notice" }, "Your password has expired (passwords expire every 90 days). Please choose a new one to continue.") : null,
     h("label", { for: "f-current" }, "Current password", current), ...pw.nodes,
     h("button", { type: "submit" }, "Change password"), err);
-  page("Change password", h("div", { class: "card narrow" }, form));
+  pageFor(seq, "Change password", h("div", { class: "card narrow" }, form));
 }
 
 async function viewProfile() {
