@@ -173,6 +173,25 @@ def token_from_link(link: str) -> str:
     return parse_qs(urlsplit(fragment).query)["token"][0]
 
 
+# mail-service, as it resolves the recipients of a message it is sending (/internal/recipients).
+MAIL_SERVICE = Identity(user_id="service:mail", roles=("service",))
+
+
+async def message_to(auth: Auth, sender: Any, *emails: str, phones: dict | None = None) -> list[dict]:
+    """What auth answers mail-service for a message from `sender` to `emails` (new recipients invited)."""
+    body: dict[str, Any] = {"emails": list(emails), "sender_id": str(sender["id"])}
+    if phones is not None:
+        body["phones"] = phones
+    resp = await auth.call("POST", "/internal/recipients", body, who=MAIL_SERVICE)
+    assert resp.status == 200, resp.body
+    return resp.body["recipients"]
+
+
+async def invitation_links(auth: Auth, email: str) -> list[str]:
+    """The tokens of every invitation mailed to `email`, oldest first."""
+    return [token_from_link(m["link"]) for m in await auth.emails("invitation") if m["to"] == email]
+
+
 def violation_codes(resp: Response) -> list[str]:
     assert resp.status == 422 and resp.body["error"] == "password_rules", resp.body
     return [v["code"] for v in resp.body["details"]["violations"]]

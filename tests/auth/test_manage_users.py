@@ -113,9 +113,10 @@ async def test_user_manager_cannot_touch_another_practices_users(auth: Auth, wor
     assert (await auth.call("POST", f"/practice/users/{other}/reinvite", who=who)).status == 404  # registered elsewhere
     assert (await auth.call("PATCH", "/practice/users/not-an-id", {}, who=who)).status == 404
     assert (await auth.user(other))["two_step_required"] is False
-    # ...but may re-invite an invited user of another practice, as the help page says.
+    # ...but may re-invite an invited user of another practice, as the help page says, learning
+    # nothing about them (the answer once carried their email, names, phones and practice).
     resp = await auth.call("POST", f"/practice/users/{world['other_invited']['id']}/reinvite", who=who)
-    assert resp.status == 202
+    assert resp.status == 202 and resp.body == {"reinvited": True}
     assert [m["to"] for m in await auth.emails("invitation")] == ["new@b.example"]
     assert (await auth.emails("invitation"))[0]["params"] == {"practice_name": "Practice B"}
     already = await auth.call("POST", f"/practice/users/{world['member']['id']}/reinvite", who=who)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
 
-from auth_kit import Auth, token_from_link
+from auth_kit import Auth, invitation_links, message_to
 from msp_auth import invitations
 from msp_auth.keys import AUTH_SETTINGS
 from msp_gateway.routing import service_for
@@ -152,34 +151,25 @@ async def test_a_wrong_number_from_the_sender_is_corrected_by_the_practice_until
 # following the registration link again and/or send them a new message to the current email
 # address for the account". A new message to an account that is only invited re-invites it.
 
-async def _message_to(auth: Auth, sender: Any, *emails: str) -> list[dict]:
-    resp = await auth.call("POST", "/internal/recipients", {"emails": list(emails), "sender_id": str(sender["id"])},
-                           who=SERVICE)
-    assert resp.status == 200, resp.body
-    return resp.body["recipients"]
-
-
-async def _invitations_to(auth: Auth, email: str) -> list[str]:
-    return [token_from_link(m["link"]) for m in await auth.emails("invitation") if m["to"] == email]
 
 
 async def test_after_the_manager_corrects_the_address_a_new_message_brings_a_working_link(auth: Auth) -> None:
     practice = await auth.make_practice("Bright Smiles Dental")
     sender = await auth.make_user("dr.sender@example.com", practice=practice)
     manager = auth.user_identity(await auth.make_user("um@example.com", practice=practice, roles=("member", "user_manager")))
-    [first] = await _message_to(auth, sender, "ana.lopez@exmaple.org")  # mistyped by the sender
+    [first] = await message_to(auth, sender, "ana.lopez@exmaple.org")  # mistyped by the sender
     assert first["invited"] is True
     old_link = await auth.invitation_token("ana.lopez@exmaple.org")
 
     fixed = await auth.call("PATCH", f"/practice/users/{first['user_id']}", {"email": "ana.lopez@example.org"}, who=manager)
     assert fixed.status == 200 and fixed.body["invitation_revoked"] is True
-    assert await _invitations_to(auth, "ana.lopez@example.org") == []  # saving sends nothing
+    assert await invitation_links(auth, "ana.lopez@example.org") == []  # saving sends nothing
 
     # Within minutes of the first invitation: its link was revoked, so the bound does not hold this one back.
     auth.clock.advance(minutes=2)
-    [again] = await _message_to(auth, sender, "ana.lopez@example.org")
+    [again] = await message_to(auth, sender, "ana.lopez@example.org")
     assert again == {"email": "ana.lopez@example.org", "user_id": first["user_id"], "invited": True}
-    [new_link] = await _invitations_to(auth, "ana.lopez@example.org")
+    [new_link] = await invitation_links(auth, "ana.lopez@example.org")
     mail = [m for m in await auth.emails("invitation") if m["to"] == "ana.lopez@example.org"][-1]
     assert mail["params"] == {"practice_name": "Bright Smiles Dental"}
 
@@ -203,9 +193,9 @@ async def test_after_the_manager_corrects_the_address_a_new_message_brings_a_wor
     assert all(r["actor_id"] == sender["id"] and r["practice_id"] == practice["id"] for r in rows)
 
     # Registered now (still proving the phone): a further message invites nobody.
-    [registered] = await _message_to(auth, sender, "ana.lopez@example.org")
+    [registered] = await message_to(auth, sender, "ana.lopez@example.org")
     assert registered["invited"] is False
-    assert len(await _invitations_to(auth, "ana.lopez@example.org")) == 1
+    assert len(await invitation_links(auth, "ana.lopez@example.org")) == 1
 
 
 async def test_a_registered_recipient_gets_no_invitation_and_is_not_touched(auth: Auth) -> None:
@@ -217,7 +207,7 @@ async def test_a_registered_recipient_gets_no_invitation_and_is_not_touched(auth
                                       two_step=True)
     before = {u["id"]: await auth.user(u["id"]) for u in (verified, unverified)}
     auth.clock.advance(hours=100)  # no live link for anyone: the bound is not what holds these back
-    got = await _message_to(auth, sender, "verified@other.example", "Unverified@Other.example")
+    got = await message_to(auth, sender, "verified@other.example", "Unverified@Other.example")
     assert [(r["user_id"], r["invited"]) for r in got] == [(str(verified["id"]), False), (str(unverified["id"]), False)]
     assert await auth.emails("invitation") == []
     assert await auth.audit("invitation_sent") == []
@@ -229,11 +219,11 @@ async def test_a_registered_recipient_gets_no_invitation_and_is_not_touched(auth
 async def test_an_expired_invitation_is_renewed_by_a_new_message(auth: Auth) -> None:
     practice = await auth.make_practice("Bright Smiles Dental")
     sender = await auth.make_user("dr.sender@example.com", practice=practice)
-    [first] = await _message_to(auth, sender, "late@example.org")
+    [first] = await message_to(auth, sender, "late@example.org")
     expired = await auth.invitation_token("late@example.org")
     auth.clock.advance(hours=auth.app[AUTH_SETTINGS].invitation_ttl_hours + 1)
     assert (await auth.call("GET", f"/invitations/{expired}")).status == 404
-    [again] = await _message_to(auth, sender, "late@example.org")
+    [again] = await message_to(auth, sender, "late@example.org")
     assert again["invited"] is True and again["user_id"] == first["user_id"]
     renewed = await auth.invitation_token("late@example.org")
     assert renewed != expired
@@ -250,39 +240,44 @@ async def test_messages_cannot_flood_an_invited_address(auth: Auth) -> None:
     interval = invitations.MESSAGE_REINVITE_INTERVAL
     practice = await auth.make_practice("Bright Smiles Dental")
     senders = [await auth.make_user(f"sender{i}@example.com", practice=practice) for i in range(2)]
-    await _message_to(auth, senders[0], "target@example.org")
+    await message_to(auth, senders[0], "target@example.org")
     minutes = 60
     for minute in range(1, minutes + 1):
         auth.clock.advance(minutes=1)
         for sender in senders:
-            [got] = await _message_to(auth, sender, "target@example.org")
+            [got] = await message_to(auth, sender, "target@example.org")
             assert got["invited"] is (minute * 60 % interval.total_seconds() == 0 and sender is senders[0]), minute
-    links = await _invitations_to(auth, "target@example.org")
+    links = await invitation_links(auth, "target@example.org")
     assert len(links) == 1 + minutes // int(interval.total_seconds() // 60) == 5
     # Only the newest link works.
     assert [(await auth.call("GET", f"/invitations/{t}")).status for t in links] == [404] * 4 + [200]
 
-    # A User Manager's re-invite counts too: a message right after it sends no second link.
+    # A User Manager's re-invite is bound by the same interval (it once was not: a manager could
+    # keep the link dead), and counts too: a message right after it sends no second link.
     manager = auth.user_identity(await auth.make_user("um@example.com", practice=practice, roles=("member", "user_manager")))
     auth.clock.advance(minutes=14)
     target = await auth.user_by_email("target@example.org")
+    early = await auth.call("POST", f"/practice/users/{target['id']}/reinvite", who=manager)
+    assert early.status == 429 and early.body["details"]["retry_after"] == 60 and early.headers["Retry-After"] == "60"
+    assert len(await invitation_links(auth, "target@example.org")) == 5
+    auth.clock.advance(minutes=1)
     assert (await auth.call("POST", f"/practice/users/{target['id']}/reinvite", who=manager)).status == 202
-    [got] = await _message_to(auth, senders[1], "target@example.org")
+    [got] = await message_to(auth, senders[1], "target@example.org")
     assert got["invited"] is False
-    assert len(await _invitations_to(auth, "target@example.org")) == 6
+    assert len(await invitation_links(auth, "target@example.org")) == 6
 
 
 async def test_two_messages_at_the_same_moment_send_one_new_invitation(auth: Auth) -> None:
     practice = await auth.make_practice("Bright Smiles Dental")
     sender = await auth.make_user("dr.sender@example.com", practice=practice)
-    await _message_to(auth, sender, "both@example.org", "also@example.org")
+    await message_to(auth, sender, "both@example.org", "also@example.org")
     auth.clock.advance(hours=auth.app[AUTH_SETTINGS].invitation_ttl_hours + 1)  # both links expired
     answers = await asyncio.gather(*(auth.call("POST", "/internal/recipients", {
         "emails": emails, "sender_id": str(sender["id"])}, who=SERVICE)
         for emails in (["both@example.org", "also@example.org"], ["also@example.org", "both@example.org"]) * 3))
     assert all(a.status == 200 for a in answers), [a.body for a in answers]
     for email in ("both@example.org", "also@example.org"):
-        assert len(await _invitations_to(auth, email)) == 2
+        assert len(await invitation_links(auth, email)) == 2
         user = await auth.user_by_email(email)
         live = await auth.pool.fetchval(
             "SELECT count(*) FROM tokens WHERE user_id = $1 AND kind = 'invitation' AND used_at IS NULL"
@@ -295,11 +290,11 @@ async def test_a_link_shorter_lived_than_the_bound_does_not_open_it(auth: Auth) 
     a way around it: the interval counts from when the link was sent."""
     practice = await auth.make_practice("Bright Smiles Dental")
     sender = await auth.make_user("dr.sender@example.com", practice=practice)
-    await _message_to(auth, sender, "short@example.org")
+    await message_to(auth, sender, "short@example.org")
     await auth.pool.execute("UPDATE tokens SET expires_at = created_at + interval '5 minutes'")  # as if configured so
     auth.clock.advance(minutes=6)
     assert (await auth.call("GET", f"/invitations/{await auth.invitation_token('short@example.org')}")).status == 404
-    assert [r["invited"] for r in await _message_to(auth, sender, "short@example.org")] == [False]
+    assert [r["invited"] for r in await message_to(auth, sender, "short@example.org")] == [False]
     auth.clock.advance(minutes=9)
-    assert [r["invited"] for r in await _message_to(auth, sender, "short@example.org")] == [True]
+    assert [r["invited"] for r in await message_to(auth, sender, "short@example.org")] == [True]
     assert (await auth.call("GET", f"/invitations/{await auth.invitation_token('short@example.org')}")).status == 200

@@ -5,9 +5,15 @@ Who invites: Support, when it opens a practice or adds its staff (manage.py); Us
 and Support re-invite (`reinvite`); and senders of secure messages, through mail-service's
 call to /internal/recipients (recipients.py): an address with no account is invited
 (`invite_recipient`), and a recipient still waiting to register gets a fresh link
-(`reinvite_recipient`, the re-invite path, bounded so a sender cannot flood an address)."""
+(`reinvite_recipient`, the re-invite path). Re-invitations by messages and by User Managers
+are bounded per user (`reinvite_wait`), so nobody can flood an address or keep its link dead.
+
+A re-invitation always goes to the account's current address: nothing here changes an
+address. Only a User Manager's edit does (manage.py), and only while no other practice has
+written to the account (recipients.py records who has)."""
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime, timedelta
 
@@ -45,6 +51,10 @@ async def send_invitation(
         conn, sealer, template="invitation", to=user["email"], secrets={"link": link},
         params={"practice_name": practice["name"] if practice else "SecurePractice"}, requested_by=SERVICE,
     )
+
+
+# Statuses of an account not fully registered: it has not proven a phone (if it must) yet.
+NOT_FULLY_REGISTERED = ("invited", "registered_unverified")
 
 
 def may_reinvite(user: asyncpg.Record) -> bool:
@@ -132,15 +142,31 @@ async def invite_recipient(
 # the "message waiting" mail never arrives without a way in (the help page: correct the
 # address, "then ... send them a new message to the current email address").
 #
-# Anti-flood bound. The User Managers' re-invite has no rate limit of its own (it needs a
-# manager of the practice); any paid sender can write to any address, so messages get one:
-# at most one invitation per recipient per MESSAGE_REINVITE_INTERVAL. A recipient sent a
+# Anti-flood bound, for messages and for User Managers' re-invites alike (any paid sender
+# can write to any address, and any User Manager may re-invite an invited user of another
+# practice): at most one re-invitation per user per MESSAGE_REINVITE_INTERVAL. A user sent a
 # link (by a message, a re-invite or their first invitation) less than that long ago gets
-# none: that link still works. The one exception is a link revoked because a User Manager
-# corrected the address: the current address never got a link, so the next message sends
-# one at once (only a manager of the inviting practice can change the address, and they can
-# re-invite anyway). Registered accounts never get one (`may_reinvite`).
+# none: that link still works, and is not killed by another. The one exception is a link
+# revoked because a User Manager corrected the address: the current address never got a
+# link, so the next message or re-invite sends one at once (only a manager of the inviting
+# practice can change the address, and only while no other practice has written to it),
+# though never more than MAX_INVITATIONS_PER_INTERVAL links in all: else correcting the
+# address back and forth would be a way around the bound. Registered accounts never get one (`may_reinvite`).
+# Support's re-invite is not bounded.
 MESSAGE_REINVITE_INTERVAL = timedelta(minutes=15)
+MAX_INVITATIONS_PER_INTERVAL = 3
+
+
+async def reinvite_wait(conn: asyncpg.Connection, user_id: uuid.UUID, now: datetime) -> int | None:
+    """Seconds until this user may be sent another link under the bound above, or None when
+    one may go now. Call it on the locked user row."""
+    sent = await store.tokens_since(conn, user_id, "invitation", now - MESSAGE_REINVITE_INTERVAL)
+    until = [s["created_at"] + MESSAGE_REINVITE_INTERVAL for s in sent if s["unrevoked"]]
+    if len(sent) >= MAX_INVITATIONS_PER_INTERVAL:  # newest first: when the oldest that counts leaves the window
+        until.append(sent[MAX_INVITATIONS_PER_INTERVAL - 1]["created_at"] + MESSAGE_REINVITE_INTERVAL)
+    if not until:
+        return None
+    return max(1, math.ceil((max(until) - now).total_seconds()))
 
 
 async def reinvite_recipient(
@@ -162,7 +188,7 @@ async def reinvite_recipient(
     locked = await store.get_user(conn, user["id"], for_update=True)
     if locked is None or not may_reinvite(locked):
         return False
-    if await store.count_unrevoked_tokens_since(conn, locked["id"], "invitation", now - MESSAGE_REINVITE_INTERVAL):
+    if await reinvite_wait(conn, locked["id"], now) is not None:
         return False
     await reinvite(conn, settings=settings, sealer=sealer, now=now, user=locked, invited_by=sender_id)
     # The same entry as a re-invite's, and as a new recipient's invitation: the sender is the actor.

@@ -4,7 +4,13 @@ Authorisation is decided here on every request, from the caller's row in the dat
 only the roles in the identity header, which may be up to a session old):
 - a User Manager acts on their own practice's users (list, 2-step toggle, edit an invited
   user's contact details, unlock) and may re-invite any invited user, also of another
-  practice, as the help page says; nothing else outside their practice (404, as if absent);
+  practice, as the help page says (learning nothing about that user; at most one link per
+  user per invitations.MESSAGE_REINVITE_INTERVAL); nothing else outside their practice
+  (404, as if absent);
+- an invited account is shared by everyone who writes to its address, so its email and
+  phones may be edited only while no other practice has written to it (recipients.py
+  records who has): otherwise a manager could move other practices' messages to an address
+  or phone of their choosing;
 - a member can do none of it (403);
 - Support opens practices, invites their staff, edits practice details, unlocks accounts,
   grants and revokes User Manager, and reads the audit trail. Support never sees or sets a
@@ -29,7 +35,7 @@ from msp_shared.web import read_model, require_user
 
 from . import store
 from .accounts import Ctx, ctx, practice_view, revoke_sessions, two_step_without_phone
-from .invitations import create_invited_user, may_reinvite, reinvite, send_invitation
+from .invitations import NOT_FULLY_REGISTERED, create_invited_user, may_reinvite, reinvite, reinvite_wait, send_invitation
 
 USER_MANAGER = "user_manager"
 SUPPORT = "support"
@@ -91,9 +97,9 @@ def require_support(user: asyncpg.Record) -> None:
         raise forbidden("Only SecurePractice Support can do this.")
 
 
-# Users another practice invited stay in its Manage Users until fully registered: until then
-# it may correct the phone their code goes to (the recipient cannot, see accounts.phone_to_prove).
-NOT_FULLY_REGISTERED = ("invited", "registered_unverified")
+# Users another practice invited stay in its Manage Users until fully registered
+# (invitations.NOT_FULLY_REGISTERED): until then it may correct the phone their code goes to
+# (the recipient cannot, see accounts.phone_to_prove), unless other practices wrote to them.
 
 
 def in_practice_list(target: asyncpg.Record | None, practice_id: uuid.UUID) -> bool:
@@ -103,6 +109,22 @@ def in_practice_list(target: asyncpg.Record | None, practice_id: uuid.UUID) -> b
     if target["practice_id"] == practice_id:
         return True
     return target["invited_by_practice"] == practice_id and target["status"] in NOT_FULLY_REGISTERED
+
+
+ADDRESSED_BY_OTHERS = ApiError(
+    409, "addressed_by_other_practices",
+    "Other practices have also written to this address, so its details cannot be changed here. "
+    "Send your message to the correct address instead.")
+
+
+async def addressed_by_others(conn: asyncpg.Connection, target: asyncpg.Record, practice_id: uuid.UUID) -> bool:
+    """Whether anyone but this practice has a stake in the account: it is another practice's
+    user or was invited by one, or a sender of another practice (or of none) has written to
+    it. Read on the locked row, so a message resolving the address waits for the edit (and
+    then finds the new address) or the edit sees the message's practice."""
+    if any(p is not None and p != practice_id for p in (target["practice_id"], target["invited_by_practice"])):
+        return True
+    return await store.addressed_by_other_practices(conn, target["id"], practice_id)
 
 
 def managed_view(user: asyncpg.Record, practice_id: uuid.UUID | None = None) -> dict[str, Any]:
@@ -174,74 +196,134 @@ async def list_practice_users(request: web.Request) -> web.Response:
 async def patch_practice_user(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_model(request, ManagedUserPatch)
-    async with c.pool.acquire() as conn, conn.transaction():
-        practice_id = require_manager(await caller(conn, request))
-        target = await store.get_user(conn, _user_id(request), for_update=True)
-        if not in_practice_list(target, practice_id):
-            raise not_found("No such user in your practice.")
-        changes: dict[str, Any] = {}
-        contact = body.model_fields_set & {"email", "phone", "cell_phone"}
+    async with c.pool.acquire() as conn:
+        async with conn.transaction():
+            practice_id = require_manager(await caller(conn, request))
+            target = await store.get_user(conn, _user_id(request), for_update=True)
+            if not in_practice_list(target, practice_id):
+                raise not_found("No such user in your practice.")
+            refusal = await _refuse_contact_edit(conn, c, body, target, practice_id)
+            if refusal is None:
+                return await _patch(conn, c, body, target, practice_id)
+        # Audited (and committed) above; refused here.
+        raise refusal
+
+
+async def _refuse_contact_edit(conn: asyncpg.Connection, c: Ctx, body: ManagedUserPatch, target: asyncpg.Record,
+                               practice_id: uuid.UUID) -> ApiError | None:
+    """A change of an invited user's email or phones that another practice's messages forbid
+    (see addressed_by_others): audited, to be raised once the audit row is committed."""
+    if target["status"] not in NOT_FULLY_REGISTERED:
+        return None  # the registered-user refusal answers (_patch)
+    changing = _contact_changes(body, target, c)
+    if not changing or not await addressed_by_others(conn, target, practice_id):
+        return None
+    await c.audit(conn, "invited_user_edited", outcome="refused", subject=target["id"],
+                  practice_id=target["practice_id"], fields=sorted(changing), reason="addressed_by_other_practices")
+    return ADDRESSED_BY_OTHERS
+
+
+def _contact_changes(body: ManagedUserPatch, target: asyncpg.Record, c: Ctx) -> dict[str, Any]:
+    """The contact fields of the patch whose value differs from the user's: a form saved as it
+    was is not an edit (the Edit page sends every field)."""
+    sent = body.model_fields_set & {"email", "phone", "cell_phone"}
+    changes: dict[str, Any] = {}
+    if "email" in sent and body.email and body.email.strip().lower() != target["email"].lower():
+        changes["email"] = body.email.strip()
+    for field in ("phone", "cell_phone"):
+        if field in sent:
+            number = _phone(getattr(body, field), c, field)
+            if number != target[field]:
+                changes[field] = number
+    return changes
+
+
+async def _patch(conn: asyncpg.Connection, c: Ctx, body: ManagedUserPatch, target: asyncpg.Record,
+                 practice_id: uuid.UUID) -> web.Response:
+    changes: dict[str, Any] = {}
+    contact = body.model_fields_set & {"email", "phone", "cell_phone"}
+    if contact:
         new_email = body.email.strip() if "email" in contact and body.email else None
         if new_email and new_email.lower() == target["email"].lower():
             new_email = None
-        if contact:
-            # The phones until a phone is proven (with a wrong one the user could not finish);
-            # the email only until the invitation is used (its link proved the address).
-            if target["status"] not in NOT_FULLY_REGISTERED or (new_email and target["status"] != "invited"):
-                raise ApiError(409, "user_registered",
-                               "Registered users edit their own contact details in their profile; here only an invited "
-                               "user's email, and the phone numbers of a user who has not verified a phone yet.")
-            if new_email:
-                if await store.email_taken(conn, new_email, except_user=target["id"]):
-                    raise ApiError(409, "email_taken", "Another account already uses this email address.")
-                changes["email"] = new_email
-            if "phone" in contact:
-                changes["phone"] = _phone(body.phone, c, "phone")
-                changes["phone_from_inviter"] = changes["phone"] is not None  # the number to prove
-            if "cell_phone" in contact:
-                changes["cell_phone"] = _phone(body.cell_phone, c, "cell_phone")
-        if body.two_step_required is not None and body.two_step_required != target["two_step_required"]:
-            if body.two_step_required and two_step_without_phone(target):
-                raise ApiError(409, "no_phone", "This user has no phone number on file for the codes. They can add one "
-                               "in their profile, and turn 2-Step Verification on there.")
-            changes["two_step_required"] = body.two_step_required
-            if not body.two_step_required and target["status"] == "registered_unverified":
-                changes["status"] = "verified"  # nothing left to prove: fully registered
-                await outbox.add(conn, UserRegistered(user_id=target["id"], practice_id=target["practice_id"]))
-            await c.audit(conn, "two_step_changed", subject=target["id"], practice_id=target["practice_id"],
-                          required=body.two_step_required)
-        # A new address means the link went to a wrong one: whoever holds that mail must not
-        # register as this user. Other edits keep the link (the user follows it again).
-        link_revoked = "email" in changes
-        if link_revoked:
-            await store.revoke_tokens(conn, target["id"], "invitation", c.now)
-        if changes:
-            target = await store.update_user(conn, target["id"], changes, c.now)
-            edited = sorted(set(changes) - {"two_step_required", "status", "phone_from_inviter"})
-            if edited:
-                await c.audit(conn, "invited_user_edited", subject=target["id"], practice_id=target["practice_id"],
-                              fields=edited, invitation_revoked=link_revoked)
-        # Saving sends nothing: the manager re-invites explicitly if they want a new link.
-        return web.json_response({"user": managed_view(target, practice_id), "invitation_revoked": link_revoked})
+        # The phones until a phone is proven (with a wrong one the user could not finish);
+        # the email only until the invitation is used (its link proved the address).
+        if target["status"] not in NOT_FULLY_REGISTERED or (new_email and target["status"] != "invited"):
+            raise ApiError(409, "user_registered",
+                           "Registered users edit their own contact details in their profile; here only an invited "
+                           "user's email, and the phone numbers of a user who has not verified a phone yet.")
+        edits = _contact_changes(body, target, c)
+        if new_email:
+            if await store.email_taken(conn, new_email, except_user=target["id"]):
+                raise ApiError(409, "email_taken", "Another account already uses this email address.")
+            changes["email"] = new_email
+        if "phone" in edits:
+            changes["phone"] = edits["phone"]
+            changes["phone_from_inviter"] = changes["phone"] is not None  # the number to prove
+        if "cell_phone" in edits:
+            changes["cell_phone"] = edits["cell_phone"]
+    if body.two_step_required is not None and body.two_step_required != target["two_step_required"]:
+        if body.two_step_required and two_step_without_phone(target):
+            raise ApiError(409, "no_phone", "This user has no phone number on file for the codes. They can add one "
+                           "in their profile, and turn 2-Step Verification on there.")
+        changes["two_step_required"] = body.two_step_required
+        if not body.two_step_required and target["status"] == "registered_unverified":
+            changes["status"] = "verified"  # nothing left to prove: fully registered
+            await outbox.add(conn, UserRegistered(user_id=target["id"], practice_id=target["practice_id"]))
+        await c.audit(conn, "two_step_changed", subject=target["id"], practice_id=target["practice_id"],
+                      required=body.two_step_required)
+    # A new address means the link went to a wrong one: whoever holds that mail must not
+    # register as this user. Other edits keep the link (the user follows it again).
+    link_revoked = "email" in changes
+    if link_revoked:
+        await store.revoke_tokens(conn, target["id"], "invitation", c.now)
+    if changes:
+        target = await store.update_user(conn, target["id"], changes, c.now)
+        edited = sorted(set(changes) - {"two_step_required", "status", "phone_from_inviter"})
+        if edited:
+            await c.audit(conn, "invited_user_edited", subject=target["id"], practice_id=target["practice_id"],
+                          fields=edited, invitation_revoked=link_revoked)
+    # Saving sends nothing: the manager re-invites explicitly if they want a new link.
+    return web.json_response({"user": managed_view(target, practice_id), "invitation_revoked": link_revoked})
 
 
 async def reinvite_practice_user(request: web.Request) -> web.Response:
+    """A new link to an invited user's current address. A User Manager may re-invite an
+    invited user of another practice too (the help page), but learns nothing about them from
+    the answer, and no user gets a link more often than invitations.MESSAGE_REINVITE_INTERVAL
+    from User Managers and messages together (else one could keep a person's link dead and
+    fill their inbox). Support is not bounded."""
     c = ctx(request)
-    async with c.pool.acquire() as conn, conn.transaction():
-        actor = await caller(conn, request)
-        if SUPPORT not in actor["roles"]:
-            require_manager(actor)
-        target = await store.get_user(conn, _user_id(request), for_update=True)
-        if target is None:
-            raise not_found("No such user.")
-        if not may_reinvite(target):
-            own = SUPPORT in actor["roles"] or target["practice_id"] == actor["practice_id"]
-            if not own:
+    async with c.pool.acquire() as conn:
+        async with conn.transaction():
+            actor = await caller(conn, request)
+            support = SUPPORT in actor["roles"]
+            if not support:
+                require_manager(actor)
+            target = await store.get_user(conn, _user_id(request), for_update=True)
+            if target is None:
                 raise not_found("No such user.")
-            raise ApiError(409, "already_registered", "This user has already registered.")
-        await _reinvite(conn, c, target, by="support" if SUPPORT in actor["roles"] else "user_manager")
-        target = await store.get_user(conn, target["id"])
-        return web.json_response({"user": managed_view(target, actor["practice_id"])}, status=202)
+            if not may_reinvite(target):
+                own = support or target["practice_id"] == actor["practice_id"]
+                if not own:
+                    raise not_found("No such user.")
+                raise ApiError(409, "already_registered", "This user has already registered.")
+            listed = support or in_practice_list(target, actor["practice_id"])
+            wait = None if support else await reinvite_wait(conn, target["id"], c.now)
+            if wait is None:
+                await _reinvite(conn, c, target, by="support" if support else "user_manager")
+                if not listed:
+                    return web.json_response({"reinvited": True}, status=202)
+                target = await store.get_user(conn, target["id"])
+                return web.json_response({"reinvited": True, "user": managed_view(target, actor["practice_id"])},
+                                         status=202)
+            await c.audit(conn, "invitation_sent", outcome="throttled", subject=target["id"],
+                          practice_id=target["practice_id"], by="user_manager", reinvite=True, retry_after=wait)
+        # Audited (and committed) above; refused here.
+        raise ApiError(429, "too_many_requests",
+                       "An invitation was sent to this user only minutes ago. Ask them to look for it (also in "
+                       "their spam folder), or try again later.",
+                       {"retry_after": wait})
 
 
 async def unlock_practice_user(request: web.Request) -> web.Response:

@@ -7,7 +7,8 @@ addresses) into user ids now, inviting the addresses that have no account.
 
 "invited" is true when this call sent the address an invitation: a new account, or a fresh
 link for an account still waiting to register (the earlier link stops working; at most one
-such re-invitation per recipient per invitations.MESSAGE_REINVITE_INTERVAL).
+such re-invitation per recipient per invitations.MESSAGE_REINVITE_INTERVAL, see
+invitations.reinvite_wait).
 
 `phones` are the numbers the sender entered for recipients new to the portal: an invited
 recipient gets them (the help page's "phone number ... you entered during the sending of the
@@ -18,7 +19,14 @@ route /internal at all. A new recipient is created "invited", belongs to no prac
 in the sending practice's Manage Users (where its User Managers set 2-step on or off for
 them; on by default) and gets the invitation email. A registered account is only looked up.
 The sender's name and practice come back too: mail-service shows them to recipients and
-names the practice in its notification."""
+names the practice in its notification.
+
+Every account resolved here that is not fully registered yet (a new one included) is shared
+by all who write to its address, and mail-service stores their messages against its id. So
+the sender's practice is recorded for it (recipient_practices), on the locked row: Manage
+Users lets a practice change such an account's email or phones only while no other practice
+has written to it (manage.py), and the lock makes "written to" and "address changed" happen
+one after the other, never across each other."""
 from __future__ import annotations
 
 import re
@@ -107,6 +115,11 @@ async def _resolve(c, body: RecipientsIn, numbers: dict[str, dict[str, str]]) ->
         # messages naming the same addresses in another order cannot deadlock.
         for email in sorted(emails, key=str.lower):
             user = await store.get_user_by_email(conn, email)
+            if user is not None and user["status"] in invitations.NOT_FULLY_REGISTERED:
+                # Locked, and read again: a User Manager who changed the address meanwhile
+                # (committed while this waited) leaves no row for this address, so the message
+                # goes to a new account for it, not to the one now at the other address.
+                user = await store.get_user_by_email(conn, email, for_update=True)
             if user is None:
                 user = await invitations.invite_recipient(
                     conn, settings=c.settings, sealer=c.sealer, now=c.now, email=email,
@@ -122,6 +135,8 @@ async def _resolve(c, body: RecipientsIn, numbers: dict[str, dict[str, str]]) ->
                     conn, settings=c.settings, sealer=c.sealer, now=c.now, user=user,
                     sender_id=sender["id"], sender_practice_id=inviting,
                 )
+            if user["status"] in invitations.NOT_FULLY_REGISTERED:
+                await store.record_recipient_practice(conn, user["id"], inviting, c.now)
             found[email] = {"email": user["email"], "user_id": str(user["id"]), "invited": invited}
     answer = [found[email] for email in emails]
     return web.json_response({"recipients": answer, "sender": sender_view(sender, practice)})

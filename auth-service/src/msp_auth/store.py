@@ -74,8 +74,12 @@ async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID | str | None, *,
     return await conn.fetchrow("SELECT * FROM users WHERE id = $1" + (" FOR UPDATE" if for_update else ""), uid)
 
 
-async def get_user_by_email(conn: asyncpg.Connection, email: str) -> Record | None:
-    return await conn.fetchrow("SELECT * FROM users WHERE lower(email) = lower($1)", email.strip())
+async def get_user_by_email(conn: asyncpg.Connection, email: str, *, for_update: bool = False) -> Record | None:
+    """With for_update, the row is locked and, if its email changed while this waited for the
+    lock, not returned (PostgreSQL re-checks the condition on the new row version)."""
+    return await conn.fetchrow(
+        "SELECT * FROM users WHERE lower(email) = lower($1)" + (" FOR UPDATE" if for_update else ""), email.strip()
+    )
 
 
 async def email_taken(conn: asyncpg.Connection, email: str, *, except_user: uuid.UUID | None = None) -> bool:
@@ -159,6 +163,26 @@ async def email_key(conn: asyncpg.Connection, user_id: uuid.UUID) -> str | None:
 
 async def find_support_user(conn: asyncpg.Connection, email: str) -> Record | None:
     return await get_user_by_email(conn, email)
+
+
+# ---- who has written to an account ---------------------------------------------------------
+
+async def record_recipient_practice(conn: asyncpg.Connection, user_id: uuid.UUID, practice_id: uuid.UUID | None,
+                                    now: datetime) -> None:
+    """A sender of this practice (None: of no practice) addressed the account."""
+    await conn.execute(
+        "INSERT INTO recipient_practices (user_id, practice_id, first_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT ON CONSTRAINT recipient_practices_once DO NOTHING",
+        user_id, practice_id, now,
+    )
+
+
+async def addressed_by_other_practices(conn: asyncpg.Connection, user_id: uuid.UUID, practice_id: uuid.UUID) -> bool:
+    """Whether a sender of any practice but this one (or of none) has addressed the account."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM recipient_practices WHERE user_id = $1 AND practice_id IS DISTINCT FROM $2)",
+        user_id, practice_id,
+    ))
 
 
 # ---- passwords --------------------------------------------------------------------------------
@@ -303,11 +327,12 @@ async def count_tokens_since(conn: asyncpg.Connection, user_id: uuid.UUID, kind:
     )
 
 
-async def count_unrevoked_tokens_since(conn: asyncpg.Connection, user_id: uuid.UUID, kind: str, since: datetime) -> int:
-    """Tokens of this kind created after `since` that are neither used nor revoked (expired ones count)."""
-    return await conn.fetchval(
-        "SELECT count(*) FROM tokens WHERE user_id = $1 AND kind = $2 AND created_at > $3"
-        " AND used_at IS NULL AND revoked_at IS NULL",
+async def tokens_since(conn: asyncpg.Connection, user_id: uuid.UUID, kind: str, since: datetime) -> list[Record]:
+    """The user's tokens of this kind made after `since`, newest first: created_at, and
+    `unrevoked` (neither used nor revoked; expired ones count)."""
+    return await conn.fetch(
+        "SELECT created_at, (used_at IS NULL AND revoked_at IS NULL) AS unrevoked FROM tokens"
+        " WHERE user_id = $1 AND kind = $2 AND created_at > $3 ORDER BY created_at DESC",
         user_id, kind, since,
     )
 
