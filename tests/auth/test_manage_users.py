@@ -178,7 +178,13 @@ async def test_support_grants_and_revokes_user_manager_and_sessions_end(auth: Au
     assert [(e["data"]["user_id"], e["data"]["reason"]) for e in await auth.events("auth.sessions.revoked")] == [
         (str(member), "role_changed")] * 2
     assert [r["action"] for r in await auth.audit() if r["action"].startswith("role_")] == ["role_granted", "role_revoked"]
+    # billing-service learns of each change (it opens a new User Manager's Stripe customer)
+    assert [(e["data"]["user_id"], e["data"]["roles"]) for e in await auth.events("auth.user.roles_changed")] == [
+        (str(member), ["member", "user_manager"]), (str(member), ["member"])]
     assert (await auth.call("PUT", f"/admin/users/{member}/roles/support", who=support)).status == 400
+    # granting a role already held changes nothing and announces nothing
+    await auth.call("DELETE", f"/admin/users/{member}/roles/user_manager", who=support)
+    assert len(await auth.events("auth.user.roles_changed")) == 2
 
 
 async def test_support_edits_practice_details_users_cannot(auth: Auth, world: dict) -> None:

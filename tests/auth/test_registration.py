@@ -72,7 +72,9 @@ async def test_invite_register_verify_by_phone(auth: Auth) -> None:
     verified = await auth.call("POST", "/me/verification", {"proof": proof}, who=who)
     assert verified.status == 200, verified.body
     assert verified.body["grant"]["restriction"] is None and verified.body["user"]["status"] == "verified"
-    assert [e["data"]["user_id"] for e in await auth.events("auth.user.registered")] == [user_id]
+    # with the roles, so billing-service knows a practice's first user is its User Manager
+    assert [(e["data"]["user_id"], e["data"]["roles"]) for e in await auth.events("auth.user.registered")] == [
+        (user_id, verified.body["user"]["roles"])]
     assert (await auth.call("POST", "/me/verification", {"proof": proof}, who=who)).status == 409
 
     # The link worked once.

@@ -1,6 +1,7 @@
 """Helpers for billing-service tests: the local Stripe server and billing-service served on
-real sockets, gateway identity headers, a bus observer, Stripe-signed webhook bodies, and
-auth-service (the real app, where a test needs users' sign-in addresses)."""
+real sockets, gateway identity headers, a bus observer, Stripe-signed webhook bodies,
+auth-service (the real app, where a test needs users' sign-in addresses), and the PBHS
+Billing Dept. at the Stripe Dashboard (the official SDK against the local Stripe server)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,19 +17,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
+import stripe
 from aiohttp import web
 
 from msp_auth import store as auth_store
 from msp_shared import identity
 from msp_shared.bus import Bus
 from msp_shared.clock import ManualClock
-from msp_shared.events import EmailRequested, Envelope, UserRegistered, make_envelope
+from msp_shared.events import EmailRequested, Envelope, UserRegistered, UserRolesChanged, make_envelope
 from msp_shared.seal import Sealer
 from msp_shared.web import POOL
 
 from msp_billing.stripe_local import StripeState
 
 UM = ("user_manager",)
+SUPPORT = ("support",)
 API_KEY = "sk_test_billing_suite"
 WEBHOOK_SECRET = "whsec_billing_suite"
 
@@ -58,12 +61,17 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 @dataclass
 class User:
     id: str
-    practice_id: str
+    practice_id: str | None
     roles: tuple[str, ...] = ()
 
 
 def new_user(practice_id: str | None = None, roles: tuple[str, ...] = ()) -> User:
     return User(str(uuid.uuid4()), practice_id or str(uuid.uuid4()), roles)
+
+
+def support_user() -> User:
+    """A PBHS Support account (no practice), as the gateway signs it."""
+    return User(str(uuid.uuid4()), None, SUPPORT)
 
 
 @dataclass
@@ -99,6 +107,52 @@ class Billing:
         await eventually(lambda: self.pool.fetchval("SELECT true FROM practice_users WHERE user_id = $1",
                                                     uuid.UUID(user.id)), what="user registered in billing")
 
+    async def announce_manager(self, user: User, *, how: str = "registered") -> Envelope:
+        """auth-service announcing a User Manager: registered with the role (the first user of
+        a practice), or granted it by Support ("granted"); waits until billing made the
+        customer. Returns the envelope (to deliver it again)."""
+        roles = ("member", "user_manager")
+        data = (UserRegistered(user_id=user.id, practice_id=user.practice_id, roles=roles) if how == "registered"
+                else UserRolesChanged(user_id=user.id, practice_id=user.practice_id, roles=roles))
+        envelope = make_envelope(data)
+        await self.bus.publish(envelope)
+        await self.handled(envelope)
+        if how == "registered":  # the same event tells billing the user is of the practice
+            await self.handled(envelope, "billing-users")
+        return envelope
+
+    async def handled(self, envelope: Envelope, consumer: str = "billing-customers") -> None:
+        """Wait until `consumer` has applied the event (its idempotent inbox row)."""
+        await eventually(lambda: self.pool.fetchval(
+            "SELECT true FROM inbox WHERE consumer = $1 AND event_id = $2", consumer, envelope.id),
+            what=f"{envelope.type} handled by {consumer}")
+
+    async def customer_of(self, user: User) -> str | None:
+        return await self.pool.fetchval("SELECT stripe_customer_id FROM payers WHERE user_id = $1",
+                                        uuid.UUID(user.id))
+
+    def stripe_customers(self, **metadata: str) -> list[dict[str, Any]]:
+        return [c for c in self.stripe.objects["customer"].values()
+                if all(c["metadata"].get(k) == v for k, v in metadata.items())]
+
+    async def card(self, user: User) -> dict[str, Any] | None:
+        """The card on file as the User Manager sees it (GET /billing/card); None for 404."""
+        status, body = await self.call("GET", "/billing/card", user)
+        assert status in (200, 404), body
+        return body["card"] if status == 200 else None
+
+    async def card_becomes(self, user: User, last4: str | None) -> None:
+        """Wait until the card on file ends in `last4` (None: no card), e.g. after a webhook."""
+        async def shown() -> bool:
+            card = await self.card(user)
+            return (card is None) if last4 is None else (card is not None and card["last4"] == last4)
+        await eventually(shown, what=f"the card on file to be {last4}")
+
+    async def webhooks_settled(self) -> None:
+        """Every event the Stripe server made so far is acknowledged by billing."""
+        await eventually(lambda: _true(set(self.stripe.objects["event"]) <= set(self.stripe.delivered)),
+                         what="every Stripe event delivered")
+
     async def set_card(self, user: User, token: str = "tok_visa", email: str | None = "um@example.test") -> Any:
         status, body = await self.call("PUT", "/billing/card", user, {"payment_method_token": token, "email": email})
         assert status == 200, body
@@ -126,15 +180,62 @@ class Billing:
             return resp.status, await resp.json()
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
+class BillingDept:
+    """The PBHS Billing Dept. at the Stripe Dashboard, which drives Stripe's API: the official
+    stripe SDK against the local Stripe server (PaymentMethod.create with a test token, attach,
+    Customer.modify invoice_settings.default_payment_method). No card number goes anywhere."""
+
+    def __init__(self, stripe_url: str, api_key: str = API_KEY) -> None:
+        self._http = stripe.AIOHTTPClient()
+        self.client = stripe.StripeClient(api_key, base_addresses={"api": stripe_url}, http_client=self._http,
+                                          max_network_retries=0)
+
+    async def close(self) -> None:
+        await self._http.close_async()
+
+    async def attach(self, customer_id: str, token: str = "tok_visa") -> str:
+        pm = await self.client.v1.payment_methods.create_async({"type": "card", "card": {"token": token}})
+        await self.client.v1.payment_methods.attach_async(pm.id, {"customer": customer_id})
+        return pm.id
+
+    async def make_default(self, customer_id: str, payment_method_id: str) -> None:
+        await self.client.v1.customers.update_async(
+            customer_id, {"invoice_settings": {"default_payment_method": payment_method_id}})
+
+    async def put_card(self, customer_id: str, token: str = "tok_visa") -> str:
+        """Add a card to the customer and make it the default, as the Dashboard does."""
+        pm = await self.attach(customer_id, token)
+        await self.make_default(customer_id, pm)
+        return pm
+
+    async def detach(self, payment_method_id: str) -> None:
+        await self.client.v1.payment_methods.detach_async(payment_method_id)
+
+    async def customer(self, customer_id: str) -> stripe.Customer:
+        return await self.client.v1.customers.retrieve_async(customer_id)
+
+    async def new_customer(self, metadata: dict[str, str]) -> str:
+        """A customer made by hand at the Dashboard (not by billing)."""
+        return (await self.client.v1.customers.create_async({"metadata": metadata})).id
+
+
 def stripe_signature(payload: str, secret: str, timestamp: int) -> str:
     """Stripe's scheme, computed here independently of the server under test."""
     mac = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
 
 
-def stripe_event(type_: str, obj: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
+def stripe_event(type_: str, obj: dict[str, Any], *, event_id: str | None = None,
+                 previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
     return {"id": event_id or f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "api_version": "2025-01-01",
-            "created": int(time.time()), "data": {"object": obj}, "livemode": False, "pending_webhooks": 1,
+            "created": int(time.time()), "data": data, "livemode": False, "pending_webhooks": 1,
             "request": {"id": None, "idempotency_key": None}, "type": type_}
 
 

@@ -21,7 +21,7 @@ from msp_shared.clock import ManualClock
 from msp_shared.events import Envelope
 from msp_shared.seal import Sealer
 
-from billing_kit import API_KEY, WEBHOOK_SECRET, Accounts, Billing, serve
+from billing_kit import API_KEY, WEBHOOK_SECRET, Accounts, Billing, BillingDept, serve
 
 NO_AUTH_SERVICE = "http://127.0.0.1:9"  # the discard port: nothing answers there
 
@@ -32,6 +32,17 @@ async def stripe_server() -> AsyncIterator[tuple[stripe_local.StripeState, str]]
     runner, url = await serve(app)
     yield app[stripe_local.STATE], url
     await runner.cleanup()
+
+
+@pytest.fixture
+async def billing_dept(stripe_server) -> AsyncIterator[BillingDept]:
+    """The PBHS Billing Dept. at the Stripe Dashboard (the stripe SDK on the local server)."""
+    _, url = stripe_server
+    dept = BillingDept(url)
+    try:
+        yield dept
+    finally:
+        await dept.close()
 
 
 @pytest.fixture

@@ -67,10 +67,44 @@ async def test_the_sdk_flow_in_stripe_shapes(stripe_server) -> None:
         canceled = await client.v1.subscriptions.cancel_async(sub.id)
         assert canceled.status == "canceled"
         types = [e.type for e in (await client.v1.events.list_async()).data]
-        assert sorted(types) == ["customer.subscription.created", "customer.subscription.deleted", "invoice.paid"]
+        assert sorted(types) == ["customer.subscription.created", "customer.subscription.deleted", "customer.updated",
+                                 "invoice.paid", "payment_method.attached"]
         with pytest.raises(stripe.InvalidRequestError) as missing:
             await client.v1.customers.retrieve_async("cus_nope")
         assert missing.value.code == "resource_missing"
+    finally:
+        await http.close_async()
+
+
+async def test_card_changes_are_announced_like_stripe_does(stripe_server) -> None:
+    """What the Dashboard drives when the Billing Dept. enters a card: attach (not the default
+    by itself), the customer's default set by an update, a detach; each announced by its event,
+    an update only when something changed, with the old values in previous_attributes."""
+    state, url = stripe_server
+    client, http = _client(url)
+    try:
+        cus = await client.v1.customers.create_async({"metadata": {"msp_user_id": "u"}})
+        pm = await client.v1.payment_methods.create_async({"type": "card", "card": {"token": "tok_visa"}})
+        attached = await client.v1.payment_methods.attach_async(pm.id, {"customer": cus.id})
+        assert attached.customer == cus.id
+        assert (await client.v1.customers.retrieve_async(cus.id)).invoice_settings.default_payment_method is None
+        await client.v1.customers.update_async(cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
+        await client.v1.customers.update_async(cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
+        expanded = await client.v1.customers.retrieve_async(cus.id, {"expand": ["invoice_settings.default_payment_method"]})
+        assert expanded.invoice_settings.default_payment_method.card.last4 == "4242"
+        with pytest.raises(stripe.InvalidRequestError):  # only a card of this customer can be its default
+            other = await client.v1.payment_methods.create_async({"type": "card", "card": {"token": "tok_amex"}})
+            await client.v1.customers.update_async(cus.id, {"invoice_settings": {"default_payment_method": other.id}})
+        await client.v1.payment_methods.detach_async(pm.id)
+        assert (await client.v1.customers.retrieve_async(cus.id)).invoice_settings.default_payment_method is None
+
+        events = list(state.objects["event"].values())
+        assert [e["type"] for e in events] == ["payment_method.attached", "customer.updated", "payment_method.detached"]
+        assert events[0]["data"]["object"]["customer"] == cus.id and "_declines" not in events[0]["data"]["object"]
+        assert events[1]["data"]["previous_attributes"] == {"invoice_settings": {"default_payment_method": None}}
+        assert events[1]["data"]["object"]["invoice_settings"]["default_payment_method"] == pm.id
+        assert events[2]["data"]["object"]["customer"] is None
+        assert events[2]["data"]["previous_attributes"] == {"customer": cus.id}
     finally:
         await http.close_async()
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import stripe
 from playwright.async_api import Page, expect
 
 from msp_auth import store as auth_store
@@ -16,8 +17,8 @@ from msp_auth.keys import HASHER
 from msp_shared import outbox
 from msp_shared.bus import Bus
 from msp_shared.events import SecureMailGranted, UserRegistered, make_envelope
-from msp_shared.web import POOL
-from stack import Stack, eventually
+from msp_shared.web import POOL, SETTINGS
+from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack, eventually
 
 MEMBER_PASSWORD = "Tulip-Harbor-42!"
 
@@ -90,20 +91,46 @@ async def make_member(stack: Stack, practices: dict[str, uuid.UUID], email: str,
 
 async def put_card_on_file(stack: Stack, manager: Member, *, token: str = "tok_visa",
                            billing_email: str | None = None) -> dict:
-    """What the PBHS Billing Dept. does for a User Manager: PUT /api/v1/billing/card with a
-    Stripe test token (tok_visa: Visa ending in 4242) and the address invoices go to,
-    through the gateway in a session of that manager's own (signed out afterwards).
-    Returns the card billing reports."""
+    """What the PBHS Billing Dept. does for a User Manager who calls them (the web app has no
+    card form): Support looks the manager up through the gateway
+    (GET /api/v1/admin/billing/users/{id}: their Stripe customer, made then if missing), then
+    the Billing Dept. enters the card in Stripe itself, the way the Stripe Dashboard does it,
+    with the official stripe SDK against the stack's local Stripe server: a card from the test
+    token (tok_visa: Visa ending in 4242) attached to that customer and made its default, and
+    `billing_email` (the address for Stripe's receipts) set on the customer. No card detail
+    passes through SecurePractice: billing-service records the card when Stripe's signed
+    webhook reaches it through the gateway. Waits for that, and returns the card billing then
+    reports to Support ({brand, last4, exp_month, exp_year})."""
     billing_email = billing_email or "accounts-payable@" + manager.email.split("@")[1]
-    async with stack.browser() as api:
-        status, body, _ = await api.login(manager.email, manager.password)
+    async with stack.browser() as support:
+        status, body, _ = await support.login(SUPPORT_EMAIL, SUPPORT_PASSWORD)
         assert status == 200, body
-        status, body, _ = await api.call("PUT", "/billing/card",
-                                         json={"payment_method_token": token, "email": billing_email})
-        assert status == 200, body
-        signed_out, _, _ = await api.call("DELETE", "/session")
+        status, found, _ = await support.call("GET", f"/admin/billing/users/{manager.id}")
+        assert status == 200, found
+        customer_id = found["customer_id"]
+
+        settings = stack.billing_app[SETTINGS]  # where the stack's Stripe server is, and its key
+        http = stripe.AIOHTTPClient()
+        dashboard = stripe.StripeClient(settings.stripe_api_key.get_secret_value(),
+                                        base_addresses={"api": settings.stripe_api_base}, http_client=http,
+                                        max_network_retries=0)
+        try:
+            pm = await dashboard.v1.payment_methods.create_async({"type": "card", "card": {"token": token}})
+            await dashboard.v1.payment_methods.attach_async(pm.id, {"customer": customer_id})
+            await dashboard.v1.customers.update_async(
+                customer_id, {"email": billing_email, "invoice_settings": {"default_payment_method": pm.id}})
+        finally:
+            await http.close_async()
+
+        async def on_file() -> dict | None:
+            status, body, _ = await support.call("GET", f"/admin/billing/users/{manager.id}")
+            assert status == 200, body
+            card = body["card"]
+            return card if card and card["last4"] == pm.card.last4 else None
+        card = await eventually(on_file, what="Stripe's webhook to put the card on file in billing")
+        signed_out, _, _ = await support.call("DELETE", "/session")
         assert signed_out == 204, signed_out
-    return body["card"]
+    return card
 
 
 async def log_in_as(page: Page, who: Member) -> None:

@@ -2,7 +2,9 @@
 with billing-service and the local Stripe server (tests/integration/stack.py): buying
 SecureMail for a user of the practice (Manage Users, Edit), the card and the invoices on
 Profile, "Messaging", "View Invoices", and "Email my invoices" reaching the manager's own
-sign-in address (not the billing email given with the card, which is Stripe's);
+sign-in address (not the billing email given with the card, which is Stripe's); the card put
+on file the Billing Dept.'s way (e2e_kit.put_card_on_file: Support's look-up, the card entered
+in Stripe, Stripe's webhook), the web app sending card changes to the Billing Dept.;
 what a manager without a card, and a user not registered yet, are told; and, through the
 gateway with a plain HTTP client, that nobody buys for a user of another practice and a plain
 member buys nothing."""
@@ -94,6 +96,10 @@ async def test_user_manager_buys_securemail_and_emails_the_invoices(page: Page, 
     card = await put_card_on_file(stack, lee, billing_email="accounts@bright.example")
     assert (card["brand"], card["last4"]) == ("visa", "4242")
     assert await granted_in_mail(stack, mel)() == 0
+    # On Lee's one Stripe customer, which billing made with our ids and the practice's name.
+    [customer] = stack.stripe.objects["customer"].values()
+    assert customer["metadata"] == {"msp_user_id": lee.id, "msp_practice_id": lee.practice_id}
+    assert "Bright Smiles" in customer["description"] and customer["email"] == "accounts@bright.example"
 
     await log_in_as(page, lee)
     await purchase_for(page, mel.email)
@@ -120,6 +126,8 @@ async def test_user_manager_buys_securemail_and_emails_the_invoices(page: Page, 
     await open_invoices(page)
     await expect(page.get_by_text(
         f"Card on file: visa ending in 4242, expires {card['exp_month']}/{card['exp_year']}.")).to_be_visible()
+    await expect(page.get_by_text(
+        "To change the payment method, contact the PBHS Billing Dept. at 800-840-5383.")).to_be_visible()
     await reload_until(page, lambda: invoice_row(page, mel_invoice), "Mel's invoice on the invoices page",
                        ready=page.get_by_role("heading", name="SecureMail payments", level=1))
     row = invoice_row(page, mel_invoice)
@@ -154,9 +162,14 @@ async def test_user_manager_buys_securemail_and_emails_the_invoices(page: Page, 
     assert mel_invoice not in body, body  # Mel's invoice is not Lee's own account's
     assert not any("accounts@bright.example" in str(m["To"]) for m in stack.mails()[mails_before:])
 
-    # Every Stripe event reached billing through the gateway's webhook route, once each.
+    # Every Stripe event reached billing through the gateway's webhook route, once each: the
+    # card's (attached, customer updated) and, for each of the two subscriptions, created +
+    # invoice.paid.
     stripe_events = set(stack.stripe.objects["event"])
-    assert len(stripe_events) == 4  # created + invoice.paid, for each of the two subscriptions
+    types = [e["type"] for e in stack.stripe.objects["event"].values()]
+    assert sorted(t for t in types if not t.startswith(("payment_method.", "customer.updated"))) == [
+        "customer.subscription.created", "customer.subscription.created", "invoice.paid", "invoice.paid"]
+    assert "payment_method.attached" in types and "customer.updated" in types
     await eventually(lambda: set(stack.stripe.delivered) == stripe_events, what="every webhook delivered")
     applied = {r["event_id"] for r in await stack.billing_app[POOL].fetch("SELECT event_id FROM stripe_events")}
     assert applied == stripe_events

@@ -238,7 +238,8 @@ async def reset_password(request: web.Request) -> web.Response:
             await store.set_password(conn, user["id"], new_hash, c.now)
             if claims is not None and user["status"] == "registered_unverified":
                 await store.update_user(conn, user["id"], {"status": "verified", "phone_verified_at": c.now}, c.now)
-                await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"]))
+                await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"],
+                                                      roles=tuple(user["roles"])))
             await c.audit(conn, "password_reset", actor=user["id"], subject=user["id"], practice_id=user["practice_id"],
                           two_step=claims is not None, unlocked=was_locked)
             if was_locked:
@@ -375,7 +376,8 @@ async def register(request: web.Request) -> web.Response:
                 await c.audit(conn, "verification_ticket_issued", actor=user["id"], subject=user["id"],
                               practice_id=user["practice_id"], purpose=REGISTRATION)
             else:
-                await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"]))
+                await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"],
+                                                      roles=tuple(user["roles"])))
             user = await store.get_user(conn, user["id"])
             return await session_answer(conn, c, user, status=201, **extra)
 
@@ -415,7 +417,7 @@ async def complete_verification(request: web.Request) -> web.Response:
         await consume_proof(conn, c, claims, user["id"])
         await store.update_user(conn, user["id"], {"status": "verified", "phone_verified_at": c.now}, c.now)
         await c.audit(conn, "phone_verified", subject=user["id"], practice_id=user["practice_id"], purpose=REGISTRATION)
-        await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"]))
+        await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"], roles=tuple(user["roles"])))
         user = await store.get_user(conn, user["id"])
         return await session_answer(conn, c, user)
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from msp_shared import outbox, phones
 from msp_shared.errors import ApiError, forbidden, not_found
-from msp_shared.events import UserRegistered
+from msp_shared.events import UserRegistered, UserRolesChanged
 from msp_shared.web import read_model, require_user
 
 from . import store
@@ -269,7 +269,8 @@ async def _patch(conn: asyncpg.Connection, c: Ctx, body: ManagedUserPatch, targe
         changes["two_step_required"] = body.two_step_required
         if not body.two_step_required and target["status"] == "registered_unverified":
             changes["status"] = "verified"  # nothing left to prove: fully registered
-            await outbox.add(conn, UserRegistered(user_id=target["id"], practice_id=target["practice_id"]))
+            await outbox.add(conn, UserRegistered(user_id=target["id"], practice_id=target["practice_id"],
+                                                  roles=tuple(target["roles"])))
         await c.audit(conn, "two_step_changed", subject=target["id"], practice_id=target["practice_id"],
                       required=body.two_step_required)
     # A new address means the link went to a wrong one: whoever holds that mail must not
@@ -483,6 +484,9 @@ async def set_role(request: web.Request) -> web.Response:
             await c.audit(conn, "role_granted" if grant else "role_revoked", subject=target["id"],
                           practice_id=target["practice_id"], role=USER_MANAGER)
             await revoke_sessions(conn, target["id"], "role_changed")
+            # billing-service opens a new User Manager's Stripe customer for the Billing Dept.
+            await outbox.add(conn, UserRolesChanged(user_id=target["id"], practice_id=target["practice_id"],
+                                                    roles=tuple(roles)))
         return web.json_response({"user": managed_view(target)})
 
 

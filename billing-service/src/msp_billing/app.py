@@ -1,6 +1,6 @@
 """billing-service app factory: the `billing` schema, the billing routes, the Stripe webhook
-(the one path exempt from the gateway identity check), the auth.user.registered consumer,
-the outbox relay for the events billing emits and the HTTP client for auth-service."""
+(the one path exempt from the gateway identity check), the consumers of auth-service's user
+events (practice membership; User Managers' Stripe customers), the outbox relay for the events billing emits and the HTTP client for auth-service."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

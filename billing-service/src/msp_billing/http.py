@@ -1,7 +1,14 @@
-"""billing-service HTTP handlers (the gateway maps /api/v1/billing/... here).
+"""billing-service HTTP handlers (the gateway maps /api/v1/billing/... and
+/api/v1/admin/billing/... here).
 
 Authorisation on every request from the gateway's verified identity: only User Managers use
-billing, they pay with their own card for users of their own practice (purchase_rules.py).
+billing, they pay with their own card for users of their own practice (purchase_rules.py);
+only Support uses /admin/billing (the PBHS Billing Dept. looking a User Manager up to put
+their card on file in Stripe, see cards.py).
+
+The card on file: the web app has no card form (the help page sends users to the Billing
+Dept.). The Billing Dept. enters the card in Stripe and billing learns it by Stripe's webhook
+(cards.py). `PUT /billing/card` stays for a client with Stripe.js (a token, never a number).
 
 Where invoice emails go: `POST /billing/invoices/email` takes no address (a body naming one is
 refused). It mails the invoices of the caller's own account only, whoever paid them, to the
@@ -26,7 +33,7 @@ from msp_shared.identity import Identity
 from msp_shared.mailer import request_email
 from msp_shared.web import CLOCK, POOL, SETTINGS, read_model, require_user
 
-from . import accounting, accounts, purchase_rules, store
+from . import accounting, accounts, cards, purchase_rules, store
 from .keys import PAYMENTS, SEALER
 
 log = logging.getLogger(__name__)
@@ -110,14 +117,16 @@ async def put_card(request: web.Request) -> web.Response:
     body: CardIn = await read_model(request, CardIn)
     pool, clock, payments = request.app[POOL], request.app[CLOCK], request.app[PAYMENTS]
     existing = await store.payer(pool, ident.user_id)
-    if existing is None and not body.email:
+    if (existing is None or existing["payment_method_id"] is None) and not body.email:
         raise ApiError(422, "email_required", "Give the billing email address for the card's Stripe receipts.",
                        {"fields": {"email": "required with the first card"}})
     # Same token and email again (a retry) -> the same Stripe calls, replayed, not repeated.
     request_digest = hashlib.sha256(f"{body.payment_method_token}\n{body.email}".encode()).hexdigest()[:24]
     try:
-        customer_id = existing["stripe_customer_id"] if existing else (
-            await payments.ensure_customer(ident.user_id, ident.practice_id, body.email)).id
+        payer_row, _ = await cards.ensure_customer(
+            request.app, pool, user_id=ident.user_id, practice_id=ident.practice_id, at=clock.now(),
+            actor=ident.user_id, ip=ident.ip, cause="billing.card.set")
+        customer_id = payer_row["stripe_customer_id"]
         pm = await payments.set_card(customer_id, body.payment_method_token,
                                      f"msp-card-{ident.user_id}-{request_digest}", body.email)
     except stripe.StripeError as exc:
@@ -134,6 +143,59 @@ async def put_card(request: web.Request) -> web.Response:
                           action="billing.card.set", outcome="ok", ip=ident.ip)
     row = await store.payer(pool, ident.user_id)
     return web.json_response({"card": _card_view(row)})
+
+
+# ---- Support: a User Manager's billing, for the Billing Dept. --------------------------------
+
+SUPPORT = "support"
+
+
+async def admin_user(request: web.Request) -> web.Response:
+    """What the Billing Dept. needs to put a User Manager's card on file in Stripe: their
+    Stripe customer (made now if they have none yet: a User Manager from before customers were
+    made on announcement), the card on file, and whether another User Manager pays for their
+    own account (then they cannot pay for others, help page point 6)."""
+    target = request.match_info["user_id"]
+    ident = require_user(request)
+    action = "billing.admin.user.view"
+    restriction = ident.extra.get("restriction")
+    if restriction or not ident.has_role(SUPPORT):
+        code = "session_restricted" if restriction else "support_only"
+        await _audit(request, ident, action, f"denied:{code}", target)
+        if restriction:
+            raise ApiError(403, code, "Finish signing in before using billing.", {"restriction": restriction})
+        raise ApiError(403, code, "Only SecurePractice Support can do this.")
+    not_found = ApiError(404, "user_not_found", "Billing knows no such user.")
+    try:
+        target = str(uuid.UUID(target))
+    except ValueError:
+        await _audit(request, ident, action, "denied:user_not_found")
+        raise not_found from None
+    pool, clock = request.app[POOL], request.app[CLOCK]
+    row = await store.payer(pool, target)
+    created = False
+    if row is None:
+        practice_id = await store.practice_of(pool, target)
+        if practice_id is None:
+            await _audit(request, ident, action, "denied:user_not_found", target)
+            raise not_found
+        try:
+            row, created = await cards.ensure_customer(
+                request.app, pool, user_id=target, practice_id=practice_id, at=clock.now(), actor=ident.user_id,
+                ip=ident.ip, cause=action)
+        except stripe.StripeError as exc:
+            await _audit(request, ident, action, "failed", target, reason=type(exc).__name__)
+            raise _stripe_failure(exc) from None
+    own = await store.active_subscription_for(pool, target)
+    await _audit(request, ident, action, "ok", target, customer_id=row["stripe_customer_id"],
+                 customer_created=created)
+    return web.json_response({
+        "user_id": target,
+        "practice_id": str(row["practice_id"]),
+        "customer_id": row["stripe_customer_id"],
+        "card": _card_view(row) if row["payment_method_id"] is not None else None,
+        "paid_by_another": own is not None and str(own["payer_id"]) != target,
+    })
 
 
 # ---- SecureMail purchases ------------------------------------------------------------------
@@ -307,3 +369,4 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/billing/securemail/{user_id}", cancel_securemail)
     r.add_get("/billing/invoices", list_invoices)
     r.add_post("/billing/invoices/email", email_invoices)
+    r.add_get("/admin/billing/users/{user_id}", admin_user)

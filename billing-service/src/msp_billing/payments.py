@@ -7,11 +7,19 @@ never makes a second customer or subscription."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import stripe
 
 from .config import BillingSettings
+
+
+def customer_description(practice_id: str, practice_name: str | None) -> str:
+    """How a User Manager's customer reads in the Stripe Dashboard (no personal data)."""
+    if practice_name:
+        return f"SecurePractice User Manager, {practice_name} (practice {practice_id})"
+    return f"SecurePractice User Manager, practice {practice_id}"
 
 
 class Payments:
@@ -32,12 +40,42 @@ class Payments:
 
     # -- customers and cards --
 
-    async def ensure_customer(self, user_id: str, practice_id: str, email: str | None) -> stripe.Customer:
-        params: dict[str, Any] = {"metadata": {"user_id": user_id, "practice_id": practice_id}}
-        if email:
-            params["email"] = email
+    async def create_customer(self, user_id: str, practice_id: str) -> stripe.Customer:
+        """The User Manager's Stripe customer, once per user: the idempotency key is the user's
+        id and the parameters depend on nothing but the two ids, so a retry, a redelivered
+        event or a concurrent path gets the same customer (within Stripe's 24 h; past that,
+        billing's own payers row is what stops a second one). Found in the Dashboard by its
+        metadata; the practice's name is added by describe_customer when it is known."""
         return await self.client.v1.customers.create_async(
-            params, {"idempotency_key": f"msp-customer-{user_id}"}
+            {
+                "metadata": {"msp_user_id": user_id, "msp_practice_id": practice_id},
+                "description": customer_description(practice_id, None),
+            },
+            {"idempotency_key": f"msp-customer-{user_id}"},
+        )
+
+    async def describe_customer(self, customer_id: str, description: str) -> None:
+        digest = hashlib.sha256(description.encode()).hexdigest()[:16]
+        await self.client.v1.customers.update_async(
+            customer_id, {"description": description}, {"idempotency_key": f"msp-describe-{customer_id}-{digest}"}
+        )
+
+    async def customer(self, customer_id: str) -> stripe.Customer:
+        """The customer as Stripe has it now, its default card expanded."""
+        return await self.client.v1.customers.retrieve_async(
+            customer_id, {"expand": ["invoice_settings.default_payment_method"]}
+        )
+
+    async def payment_method(self, payment_method_id: str) -> stripe.PaymentMethod:
+        return await self.client.v1.payment_methods.retrieve_async(payment_method_id)
+
+    async def make_default(self, customer_id: str, payment_method_id: str, request_key: str) -> stripe.Customer:
+        """Make an attached card the one the customer's invoices (SecureMail subscriptions)
+        are charged to."""
+        return await self.client.v1.customers.update_async(
+            customer_id,
+            {"invoice_settings": {"default_payment_method": payment_method_id}},
+            {"idempotency_key": request_key},
         )
 
     async def set_card(

@@ -28,9 +28,40 @@ async def practice_of(conn: Conn, user_id: str) -> str | None:
 
 
 # ---- payers and cards ----------------------------------------------------------------------
+# A payers row is a User Manager's Stripe customer (made when auth-service announces them, on
+# Support's lookup, or with the first PUT /billing/card) and the display copy of the card that
+# is the customer's default in Stripe (none yet: payment_method_id is NULL).
 
 async def payer(conn: Conn, user_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM payers WHERE user_id = $1", uuid.UUID(user_id))
+
+
+async def payer_by_customer(conn: Conn, customer_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    """The User Manager whose Stripe customer this is, by billing's own record (never by the
+    customer's metadata, which anyone at the Dashboard can edit). `for_update` locks the row:
+    card changes for one customer are then applied one at a time."""
+    return await conn.fetchrow(
+        "SELECT * FROM payers WHERE stripe_customer_id = $1" + (" FOR UPDATE" if for_update else ""), customer_id
+    )
+
+
+async def add_customer(conn: Conn, *, user_id: str, practice_id: str, customer_id: str, at: datetime) -> bool:
+    """Record a User Manager's Stripe customer, no card yet; False if they had one already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO payers (user_id, practice_id, stripe_customer_id, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (user_id) DO NOTHING RETURNING true",
+        uuid.UUID(user_id), uuid.UUID(practice_id), customer_id, at,
+    )
+    return bool(inserted)
+
+
+async def clear_card(conn: Conn, user_id: str, at: datetime) -> None:
+    """No card on file any more (Stripe's customer has no default card)."""
+    await conn.execute(
+        "UPDATE payers SET payment_method_id = NULL, card_brand = NULL, card_last4 = NULL, card_exp_month = NULL,"
+        " card_exp_year = NULL, updated_at = $2 WHERE user_id = $1",
+        uuid.UUID(user_id), at,
+    )
 
 
 async def save_card(

@@ -6,12 +6,19 @@ Bearer API-key auth (401 with Stripe's error JSON otherwise), Idempotency-Key on
 key + same parameters -> the stored response replayed; different parameters -> 400
 idempotency_error; keys kept 24 h), id prefixes and `object` fields, list objects, and
 signed webhooks (`Stripe-Signature: t=...,v1=HMAC-SHA256("t.payload")`) for
-customer.subscription.created/deleted and invoice.paid, delivered in order with retries.
+customer.subscription.created/deleted, invoice.paid, payment_method.attached/detached and
+customer.updated (with `data.previous_attributes`, only when something changed), delivered
+in order with retries.
 
-Endpoints: customers (create, retrieve, update), payment_methods (create from a test token,
-retrieve, attach), prices (create, retrieve, list by lookup_keys), subscriptions (create,
-retrieve, cancel), invoices (list, retrieve; a paid invoice is made with each subscription),
-events (list, retrieve); plus an unauthenticated GET /healthz of its own.
+Endpoints: customers (create, retrieve with `expand[]=invoice_settings.default_payment_method`,
+update), payment_methods (create from a test token, retrieve, attach, detach), prices (create,
+retrieve, list by lookup_keys), subscriptions (create, retrieve, cancel), invoices (list,
+retrieve; a paid invoice is made with each subscription), events (list, retrieve); plus an
+unauthenticated GET /healthz of its own.
+
+The Stripe Dashboard drives this same API: the PBHS Billing Dept. putting a card on a
+customer is payment_methods create (from a test token here) + attach + customers update
+`invoice_settings[default_payment_method]`, each announced by its webhook as Stripe does.
 
 Test cards: tok_visa / pm_card_visa (4242), tok_mastercard / pm_card_mastercard (4444),
 tok_amex / pm_card_amex (8431), tok_chargeDeclined / pm_card_chargeDeclined (0002: attaches,
@@ -134,13 +141,17 @@ class StripeState:
             raise _missing(kind, oid, param)
         return obj
 
-    def emit(self, type_: str, obj: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    def emit(self, type_: str, obj: dict[str, Any], idempotency_key: str | None,
+             previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"object": json.loads(json.dumps(_public(obj)))}
+        if previous is not None:  # Stripe's *.updated (and detached): the changed fields' old values
+            data["previous_attributes"] = json.loads(json.dumps(previous))
         event = {
             "id": _new_id("evt"),
             "object": "event",
             "api_version": self.api_version,
             "created": int(self.now()),
-            "data": {"object": json.loads(json.dumps(obj))},
+            "data": data,
             "livemode": False,
             "pending_webhooks": 1 if self.webhook_url else 0,
             "request": {"id": _new_id("req"), "idempotency_key": idempotency_key},
@@ -199,21 +210,36 @@ def create_customer(state: StripeState, p: dict[str, Any]) -> dict[str, Any]:
     return cus
 
 
-def update_customer(state: StripeState, cid: str, p: dict[str, Any]) -> dict[str, Any]:
+def update_customer(state: StripeState, cid: str, p: dict[str, Any], idempotency_key: str | None = None,
+                    ) -> dict[str, Any]:
+    """Stripe's customer update; a change (only a change) is announced as customer.updated
+    with the old values in previous_attributes. `invoice_settings[default_payment_method]=`
+    (empty) unsets the default."""
     cus = state.get("customer", cid)
-    for key in ("email", "name", "description"):
-        if key in p:
-            cus[key] = p[key] or None
-    if "metadata" in p:
-        cus["metadata"].update(p["metadata"] or {})
+    previous: dict[str, Any] = {}
     default_pm = (p.get("invoice_settings") or {}).get("default_payment_method")
-    if default_pm is not None:
+    if default_pm:  # checked before anything changes: a refused update changes nothing
         pm = state.get("payment_method", default_pm, "invoice_settings[default_payment_method]")
         if pm["customer"] != cid:
             raise StripeError(400, "invalid_request_error",
                               f"The payment method '{default_pm}' must be attached to the customer.",
                               param="invoice_settings[default_payment_method]")
-        cus["invoice_settings"]["default_payment_method"] = default_pm
+    for key in ("email", "name", "description"):
+        if key in p and cus[key] != (p[key] or None):
+            previous[key] = cus[key]
+            cus[key] = p[key] or None
+    if "metadata" in p:
+        changed = {k: cus["metadata"].get(k) for k, v in (p["metadata"] or {}).items() if cus["metadata"].get(k) != v}
+        if changed:
+            previous["metadata"] = changed
+            cus["metadata"].update(p["metadata"] or {})
+    if default_pm is not None:
+        old = cus["invoice_settings"]["default_payment_method"]
+        if old != (default_pm or None):
+            previous["invoice_settings"] = {"default_payment_method": old}
+            cus["invoice_settings"]["default_payment_method"] = default_pm or None
+    if previous:
+        state.emit("customer.updated", cus, idempotency_key, previous)
     return cus
 
 
@@ -228,7 +254,10 @@ def create_payment_method(state: StripeState, p: dict[str, Any]) -> dict[str, An
     return _payment_method(state, _card_from_token(str(card.get("token", ""))))
 
 
-def attach_payment_method(state: StripeState, pid: str, p: dict[str, Any]) -> dict[str, Any]:
+def attach_payment_method(state: StripeState, pid: str, p: dict[str, Any], idempotency_key: str | None = None,
+                          ) -> dict[str, Any]:
+    """Attach (announced as payment_method.attached). Attaching does not make the card the
+    customer's default: that is a customer update, as in Stripe."""
     cid = p.get("customer")
     if not cid:
         raise StripeError(400, "invalid_request_error", "Missing required param: customer.", param="customer")
@@ -240,7 +269,25 @@ def attach_payment_method(state: StripeState, pid: str, p: dict[str, Any]) -> di
         if pm["customer"] not in (None, cid):
             raise StripeError(400, "invalid_request_error",
                               "The payment method you provided has already been attached to a customer.")
-    pm["customer"] = cid
+    if pm["customer"] != cid:
+        pm["customer"] = cid
+        state.emit("payment_method.attached", pm, idempotency_key)
+    return pm
+
+
+def detach_payment_method(state: StripeState, pid: str, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Detach (announced as payment_method.detached, the customer in previous_attributes); a
+    customer whose default it was is left without a default, as in Stripe."""
+    pm = state.get("payment_method", pid)
+    cid = pm["customer"]
+    if cid is None:
+        raise StripeError(400, "invalid_request_error",
+                          f"The payment method {pid} is not attached to a customer.")
+    pm["customer"] = None
+    cus = state.objects["customer"].get(cid)
+    if cus is not None and cus["invoice_settings"]["default_payment_method"] == pid:
+        cus["invoice_settings"]["default_payment_method"] = None
+    state.emit("payment_method.detached", pm, idempotency_key, {"customer": cid})
     return pm
 
 
@@ -303,7 +350,9 @@ def create_subscription(state: StripeState, p: dict[str, Any], idempotency_key: 
     sub = {
         "id": sub_id, "object": "subscription", "customer": cid, "status": "active", "created": now,
         "currency": currency, "metadata": metadata, "livemode": False, "cancel_at_period_end": False,
-        "canceled_at": None, "ended_at": None, "start_date": now, "default_payment_method": pm_id,
+        # Stripe's: set only when given; otherwise the customer's default pays each invoice.
+        "canceled_at": None, "ended_at": None, "start_date": now,
+        "default_payment_method": p.get("default_payment_method") or None,
         "items": _list(sub_items, f"/v1/subscription_items?subscription={sub_id}"),
         "latest_invoice": None,
     }
@@ -345,6 +394,10 @@ def _expand(state: StripeState, obj: dict[str, Any], expand: list[str]) -> dict[
             out["latest_invoice"] = _public(state.objects["invoice"][out["latest_invoice"]])
         elif path == "default_payment_method" and out.get("default_payment_method"):
             out["default_payment_method"] = _public(state.objects["payment_method"][out["default_payment_method"]])
+        elif path == "invoice_settings.default_payment_method" and (out.get("invoice_settings") or {}).get(
+                "default_payment_method"):
+            settings = out["invoice_settings"]
+            settings["default_payment_method"] = _public(state.objects["payment_method"][settings["default_payment_method"]])
     return out
 
 
@@ -476,11 +529,14 @@ def _routes(app: web.Application) -> None:
 
     r.add_post("/v1/customers", _idempotent(lambda s, rq, p, k: _public(create_customer(s, p))))
     r.add_get("/v1/customers/{id}", getter("customer"))
-    r.add_post("/v1/customers/{id}", _idempotent(lambda s, rq, p, k: _public(update_customer(s, rq.match_info["id"], p))))
+    r.add_post("/v1/customers/{id}", _idempotent(
+        lambda s, rq, p, k: _expand(s, update_customer(s, rq.match_info["id"], p, k), _expand_list(p))))
     r.add_post("/v1/payment_methods", _idempotent(lambda s, rq, p, k: _public(create_payment_method(s, p))))
     r.add_get("/v1/payment_methods/{id}", getter("payment_method"))
     r.add_post("/v1/payment_methods/{id}/attach",
-               _idempotent(lambda s, rq, p, k: _public(attach_payment_method(s, rq.match_info["id"], p))))
+               _idempotent(lambda s, rq, p, k: _public(attach_payment_method(s, rq.match_info["id"], p, k))))
+    r.add_post("/v1/payment_methods/{id}/detach",
+               _idempotent(lambda s, rq, p, k: _public(detach_payment_method(s, rq.match_info["id"], k))))
     r.add_post("/v1/prices", _idempotent(lambda s, rq, p, k: _public(create_price(s, p))))
     r.add_get("/v1/prices", listing("price", price_filter))
     r.add_get("/v1/prices/{id}", getter("price"))

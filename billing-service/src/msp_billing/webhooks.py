@@ -5,7 +5,11 @@ tolerance). Webhooks arrive late, twice and out of order, so:
 - each event id is applied once (stripe_events row written in the effect's transaction);
 - facts are idempotent and monotonic: a subscription is granted once, 'canceled' is terminal
   (a "deleted" arriving before "created" leaves a canceled tombstone that "created" cannot
-  revive), an invoice is charged once, whether the API or the webhook saw it first."""
+  revive), an invoice is charged once, whether the API or the webhook saw it first;
+- card events (payment_method.attached/detached, customer.updated of the default payment
+  method) are only a cue: the card on file is what Stripe says the customer's default is when
+  billing asks, under a lock on that customer's row (cards.py), so no event order can bring an
+  older or detached card back. Events about customers that are no User Manager's are ignored."""
 from __future__ import annotations
 
 import logging
@@ -19,7 +23,7 @@ from aiohttp import web
 from msp_shared.errors import ApiError
 from msp_shared.web import CLOCK, POOL, read_limited
 
-from . import accounting, store
+from . import accounting, card_rules, cards, store
 from .keys import PAYMENTS
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,17 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         handler = HANDLERS.get(data.get("type", ""))
         if handler is not None and obj.get("id"):
             await handler(conn, obj, now)
+        elif data["type"] in card_rules.CARD_EVENTS:
+            previous = (data.get("data") or {}).get("previous_attributes")
+            signal = card_rules.card_signal(data["type"], obj, previous if isinstance(previous, dict) else None)
+            if signal is not None:
+                try:
+                    await cards.sync_card(request.app, conn, signal, event_id=data["id"], at=now)
+                except stripe.StripeError as exc:  # nothing is kept (not even the event id): Stripe retries
+                    log.warning("card event not applied: stripe unavailable",
+                                extra={"event_id": data["id"], "error": type(exc).__name__})
+                    raise ApiError(503, "payment_provider_unavailable",
+                                   "The payment provider is not answering; deliver the event again.") from None
     log.info("stripe webhook applied", extra={"event_id": data["id"], "type": data.get("type")})
     return web.json_response({"received": True})
 

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class EventData(BaseModel):
@@ -141,6 +141,25 @@ class UserRegistered(EventData):
     TYPE = "auth.user.registered"
     user_id: uuid.UUID
     practice_id: uuid.UUID | None = None  # None: a recipient who belongs to no practice (a patient)
+    # The user's roles as registered ("user_manager": the first user of a practice is its User
+    # Manager, billing-service then opens their Stripe customer). None: the producer did not
+    # say; then left out of the payload (see _omit_none).
+    roles: tuple[str, ...] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_roles(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_none(handler(self), "roles")
+
+
+@event
+class UserRolesChanged(EventData):
+    """auth-service: Support granted or revoked a role (User Manager); `roles` is the user's
+    whole set now. billing-service opens a Stripe customer for a new User Manager."""
+
+    TYPE = "auth.user.roles_changed"
+    user_id: uuid.UUID
+    practice_id: uuid.UUID | None
+    roles: tuple[str, ...]
 
 
 @event
@@ -149,17 +168,49 @@ class UserLocked(EventData):
     user_id: uuid.UUID
 
 
+def _omit_none(data: dict[str, Any], *optional: str) -> dict[str, Any]:
+    """A payload without the optional fields added to an event after it was first published,
+    when they are not given: such events stay byte for byte what they were, and consumers
+    still running the older model (extra="forbid") keep accepting them."""
+    for name in optional:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 @event
 class SecureMailGranted(EventData):
+    """billing-service: `user_id` may start secure messages, paid by `paid_by`.
+
+    Grants and revokes can reach a consumer out of order (bus retries go through delay
+    queues): consumers order them by the envelope's occurred_at and, when it is given, by
+    `subscription_id`, the billing subscription (Stripe's sub_...) that pays for it: a revoke
+    of one subscription never ends another, and a grant of a subscription already revoked
+    never takes effect. Optional, and left out of the payload when not given, so events
+    without it are exactly what they were before it existed."""
+
     TYPE = "billing.securemail.granted"
     user_id: uuid.UUID
     paid_by: uuid.UUID
+    subscription_id: str | None = Field(None, max_length=255)
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_subscription(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_none(handler(self), "subscription_id")
 
 
 @event
 class SecureMailRevoked(EventData):
+    """billing-service: `user_id` no longer has paid SecureMail, because the subscription
+    `subscription_id` ended (optional, as in SecureMailGranted)."""
+
     TYPE = "billing.securemail.revoked"
     user_id: uuid.UUID
+    subscription_id: str | None = Field(None, max_length=255)
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_subscription(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _omit_none(handler(self), "subscription_id")
 
 
 @event
