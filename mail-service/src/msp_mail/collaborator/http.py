@@ -227,7 +227,7 @@ async def add_post(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_input", "Write something or attach a file.", {"fields": {"body": "empty"}})
         post_id = uuid.uuid4()
         now = request.app[CLOCK].now()
-        async with c.pool.acquire() as conn, conn.transaction():
+        async with upload.saving(c.pool, store.files_exist) as conn:
             case, role = await load(conn, c, case_id, for_update=True)  # removed while uploading: refused
             if rules.may_post(case["status"], role):
                 raise CASE_NOT_FOUND
@@ -236,9 +236,8 @@ async def add_post(request: web.Request) -> web.Response:
                                  body=body.body, shared_with_patient=body.shared_with_patient, files=upload.files, now=now)
             await _notify_activity(conn, c, case_id, shared_with_patient=body.shared_with_patient)
             answer = await _view(conn, c, case, role)
-        upload.committed()
     except BaseException:
-        await upload.discard()
+        await upload.discard()  # keeps the files if the rows were committed after all
         raise
     post = next(p for p in answer["posts"] if p["id"] == str(post_id))
     return web.json_response(post, status=201)

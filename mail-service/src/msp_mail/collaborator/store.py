@@ -105,6 +105,11 @@ async def add_post(conn: asyncpg.Connection, *, post_id: uuid.UUID, case_id: uui
     )
 
 
+async def files_exist(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> bool:
+    """Whether any case file row has one of these ids (also their blob keys)."""
+    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM case_files WHERE id = ANY($1::uuid[]))", list(ids))
+
+
 async def posts(conn: asyncpg.Connection, case_id: uuid.UUID, *, patient_view: bool) -> list[Record]:
     return await conn.fetch(
         "SELECT * FROM case_posts WHERE case_id = $1 AND (NOT $2 OR shared_with_patient) ORDER BY created_at, id",

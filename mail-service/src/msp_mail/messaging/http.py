@@ -176,9 +176,12 @@ def full_view(msg: asyncpg.Record, recipients: list[asyncpg.Record], attachments
 
 # ---- loading with authorisation ------------------------------------------------------------------
 
-async def load(conn: asyncpg.Connection, c: Ctx, message_id: uuid.UUID, *, for_update: bool = False
-               ) -> tuple[asyncpg.Record, list[asyncpg.Record], permissions.Access]:
-    msg = await store.get_message(conn, message_id, c.now, for_update=for_update)
+async def load(conn: asyncpg.Connection, c: Ctx, message_id: uuid.UUID, *, for_update: bool = False,
+               for_share: bool = False) -> tuple[asyncpg.Record, list[asyncpg.Record], permissions.Access]:
+    """The message and its recipients if the caller may see it, else 404. Opens and downloads
+    load it `for_share` in the transaction that records them, serialising them with a
+    recall (which loads it `for_update`): see store.get_message."""
+    msg = await store.get_message(conn, message_id, c.now, for_update=for_update, for_share=for_share)
     if msg is None:
         raise NOT_FOUND
     recipients = await store.recipients(conn, message_id)
@@ -245,7 +248,7 @@ async def send_message(request: web.Request) -> web.Response:
         message_id = uuid.uuid4()
         now = request.app[CLOCK].now()
         recipients = [(r["user_id"], r["email"]) for r in resolved.recipients]
-        async with c.pool.acquire() as conn, conn.transaction():
+        async with upload.saving(c.pool, store.attachments_exist) as conn:
             await store.insert_message(
                 conn, message_id=message_id, thread_id=message_id, parent_id=None, sender=resolved.sender,
                 subject=fields.subject.strip(), body=fields.body, created_at=now, expires_at=state["expires_at"],
@@ -253,9 +256,8 @@ async def send_message(request: web.Request) -> web.Response:
             )
             await _notify(conn, c, message_id, resolved.sender, [email for _, email in recipients])
             answer = await _view(conn, c, message_id, record_open=False)
-        upload.committed()
     except BaseException:
-        await upload.discard()
+        await upload.discard()  # keeps the files if the rows were committed after all
         raise
     return web.json_response(answer, status=201)
 
@@ -285,7 +287,7 @@ async def reply(request: web.Request) -> web.Response:
         message_id = uuid.uuid4()
         now = request.app[CLOCK].now()
         subject = (fields.subject or "").strip() or _re(parent["subject"])
-        async with c.pool.acquire() as conn, conn.transaction():
+        async with upload.saving(c.pool, store.attachments_exist) as conn:
             # The parent may have expired or been removed while the files streamed in.
             await load(conn, c, parent_id, for_update=True)
             await store.insert_message(
@@ -295,9 +297,8 @@ async def reply(request: web.Request) -> web.Response:
             )
             await _notify(conn, c, message_id, resolved.sender, [emails[uid] for uid in to_ids])
             answer = await _view(conn, c, message_id, record_open=False)
-        upload.committed()
     except BaseException:
-        await upload.discard()
+        await upload.discard()  # keeps the files if the rows were committed after all
         raise
     return web.json_response(answer, status=201)
 
@@ -309,7 +310,7 @@ def _re(subject: str) -> str:
 # ---- reading -----------------------------------------------------------------------------------
 
 async def _view(conn: asyncpg.Connection, c: Ctx, message_id: uuid.UUID, *, record_open: bool) -> dict[str, Any]:
-    msg, recipients, access = await load(conn, c, message_id)
+    msg, recipients, access = await load(conn, c, message_id, for_share=record_open)
     if record_open:
         if access.is_recipient:
             await store.mark_opened(conn, message_id, c.user_id, c.now)
@@ -334,7 +335,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     message_id = parse_id(request.match_info["message_id"])
     attachment_id = parse_id(request.match_info["attachment_id"], ATTACHMENT_NOT_FOUND)
     async with c.pool.acquire() as conn, conn.transaction():
-        msg, _recipients, access = await load(conn, c, message_id)
+        msg, _recipients, access = await load(conn, c, message_id, for_share=True)  # not while a recall runs
         row = await store.attachment(conn, message_id, attachment_id)
         if row is None:
             raise ATTACHMENT_NOT_FOUND
@@ -444,6 +445,9 @@ async def recall(request: web.Request) -> web.Response:
     c = ctx(request)
     message_id = parse_id(request.match_info["message_id"])
     async with c.pool.acquire() as conn, conn.transaction():
+        # FOR UPDATE waits for any open or download in progress (they hold FOR SHARE until
+        # their first_opened_at is committed), and the recipients are read after it: a
+        # message a recipient has seen is never reported recalled unread.
         _msg, recipients, access = await load(conn, c, message_id, for_update=True)
         if not access.is_sender:
             raise SENDER_ONLY

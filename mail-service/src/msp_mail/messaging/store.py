@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from .securemail import Change
 from .uploads import ReceivedFile
 
 Record = asyncpg.Record
@@ -24,16 +25,44 @@ async def is_paid(conn: asyncpg.Connection, user_id: str | uuid.UUID) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM securemail_accounts WHERE user_id = $1)", _uuid(user_id)))
 
 
-async def grant_securemail(conn: asyncpg.Connection, user_id: uuid.UUID, paid_by: uuid.UUID, now: datetime) -> None:
+async def grant_securemail(conn: asyncpg.Connection, user_id: uuid.UUID, paid_by: uuid.UUID, now: datetime, *,
+                           grant: Change | None = None) -> None:
+    """Mark the user paid (by `grant`, the billing event that pays for it, when known)."""
     await conn.execute(
-        "INSERT INTO securemail_accounts (user_id, paid_by, granted_at) VALUES ($1, $2, $3)"
-        " ON CONFLICT (user_id) DO UPDATE SET paid_by = EXCLUDED.paid_by",
-        user_id, paid_by, now,
+        "INSERT INTO securemail_accounts (user_id, paid_by, granted_at, subscription_id, grant_event_id, grant_occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (user_id) DO UPDATE SET paid_by = EXCLUDED.paid_by, subscription_id = EXCLUDED.subscription_id,"
+        " granted_at = CASE WHEN securemail_accounts.grant_event_id IS NOT DISTINCT FROM EXCLUDED.grant_event_id"
+        "  THEN securemail_accounts.granted_at ELSE EXCLUDED.granted_at END,"
+        " grant_event_id = EXCLUDED.grant_event_id, grant_occurred_at = EXCLUDED.grant_occurred_at",
+        user_id, paid_by, now, grant.subscription_id if grant else None, grant.event_id if grant else None,
+        grant.at if grant else None,
     )
 
 
 async def revoke_securemail(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM securemail_accounts WHERE user_id = $1", user_id)
+
+
+async def lock_securemail_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    """Serialise the grants and revokes of one user until the transaction ends: competing
+    consumers may hold two of them at once, and each derives the state from all the others."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('msp-securemail:' || $1::uuid::text, 0))", user_id)
+
+
+async def record_securemail_change(conn: asyncpg.Connection, user_id: uuid.UUID, change: Change, now: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO securemail_changes (event_id, user_id, kind, occurred_at, subscription_id, paid_by, received_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+        change.event_id, user_id, change.kind, change.at, change.subscription_id, change.paid_by, now,
+    )
+
+
+async def securemail_changes(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[Change]:
+    rows = await conn.fetch(
+        "SELECT event_id, kind, occurred_at, subscription_id, paid_by FROM securemail_changes WHERE user_id = $1", user_id
+    )
+    return [Change(r["event_id"], r["kind"], r["occurred_at"], r["subscription_id"], r["paid_by"]) for r in rows]
 
 
 # ---- practice settings ----------------------------------------------------------------------
@@ -90,14 +119,25 @@ async def insert_message(
     )
 
 
+async def attachments_exist(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> bool:
+    """Whether any attachment row has one of these ids (also their blob keys)."""
+    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM attachments WHERE id = ANY($1::uuid[]))", list(ids))
+
+
 # ---- reading one message ----------------------------------------------------------------------
 
-async def get_message(conn: asyncpg.Connection, message_id: uuid.UUID, now: datetime, *, for_update: bool = False) -> Record | None:
-    """The message if it exists and has not expired (the sweeper may not have run yet)."""
-    return await conn.fetchrow(
-        "SELECT * FROM messages WHERE id = $1 AND expires_at > $2" + (" FOR UPDATE" if for_update else ""),
-        message_id, now,
-    )
+async def get_message(conn: asyncpg.Connection, message_id: uuid.UUID, now: datetime, *, for_update: bool = False,
+                      for_share: bool = False) -> Record | None:
+    """The message if it exists and has not expired (the sweeper may not have run yet).
+
+    `for_update`: locked against every other change (recall, expiry, removal, reply).
+    `for_share`: what an open or a download takes for the transaction that records it. A
+    recall holds FOR UPDATE from its check "nobody opened it" to its delete, so the two
+    serialise: an open that comes second finds the message gone (404), a recall that comes
+    second waits for the open to commit and then sees first_opened_at (409). Opens do not
+    block each other."""
+    lock = " FOR UPDATE" if for_update else " FOR SHARE" if for_share else ""
+    return await conn.fetchrow("SELECT * FROM messages WHERE id = $1 AND expires_at > $2" + lock, message_id, now)
 
 
 async def recipients(conn: asyncpg.Connection, message_id: uuid.UUID) -> list[Record]:

@@ -8,17 +8,31 @@ upload stops as soon as that is crossed (413). aiohttp's client_max_size does no
 streamed bodies, so every byte is counted here.
 
 Files are stored (encrypted) as they arrive, but nothing refers to them until the caller
-inserts its rows in one transaction at the end. On any refusal or failure the caller calls
-`discard()`, so a refused message leaves nothing on disk, in object storage or in the
-database. A plain JSON body (no files) is accepted too."""
+inserts its rows in one transaction at the end, `async with upload.saving(pool, rows_exist)`.
+On any refusal or failure the caller calls `discard()`, so a refused message leaves nothing
+on disk, in object storage or in the database. A plain JSON body (no files) is accepted too.
+
+The one failure that must not discard is a COMMIT that happened. A cancellation (the
+shutdown grace running out, a client gone) can land while COMMIT is in flight, and a broken
+connection can lose its answer: the rows may then be in the database although the caller
+sees an exception. So `saving()` lets a COMMIT it has sent run to its end whatever
+cancellation arrives (and passes the cancellation on afterwards), hands the blobs to the rows
+as soon as it succeeded, and if its outcome is unknown, `discard()` asks the database whether
+the rows exist before deleting anything; if it cannot tell, it keeps the blobs (orphans
+are encrypted under data keys that exist nowhere else, a missing blob would damage a
+message for good)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from urllib.parse import unquote
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import asyncpg
 from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ValidationError
 
@@ -35,6 +49,10 @@ MAX_FIELDS_BYTES = 256 * 1024
 READ_CHUNK = 256 * 1024
 
 M = TypeVar("M", bound=BaseModel)
+# Whether any row refers to one of these blob ids (the attachments or case files table).
+RowsExist = Callable[[asyncpg.Connection, Sequence[uuid.UUID]], Awaitable[bool]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,9 @@ class Upload:
         self.budget = budget or AttachmentBudget()
         self.files: list[ReceivedFile] = []
         self._written: list[str] = []
+        # Set once COMMIT of the rows was sent and until it is known to have succeeded: the
+        # rows may exist, so discard() must ask (see saving()).
+        self._in_doubt: tuple[asyncpg.Pool, RowsExist] | None = None
 
     async def receive(self, request: web.Request, model: type[M], check: Callable[[M], Awaitable[None]] | None = None) -> M:
         """Read the fields, let `check` refuse early (before any file is read), then store
@@ -120,8 +141,33 @@ class Upload:
             raise refusal_error(exc.refusal, filename) from None
         self.files.append(ReceivedFile(stored, safe_filename(filename), content_type_for(filename)))
 
+    @contextlib.asynccontextmanager
+    async def saving(self, pool: asyncpg.Pool, rows_exist: RowsExist) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction, for the rows that refer to this upload's files.
+        On an exception in the block it rolls back (COMMIT never sent: the rows cannot
+        exist, discard() deletes). Otherwise it commits: see the module's docstring for why
+        COMMIT cannot be interrupted and what happens when its outcome is unknown."""
+        async with pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):  # a connection left mid-query is reset by the pool
+                    await transaction.rollback()
+                raise
+            self._in_doubt = (pool, rows_exist)
+            cancelled = await _commit_to_the_end(transaction)
+            self.committed()  # before anything else can happen: the blobs are the rows' now
+            if cancelled:
+                raise asyncio.CancelledError()
+
     async def discard(self) -> None:
-        """Delete every blob this upload stored (best effort on each; all are tried)."""
+        """Delete every blob this upload stored (best effort on each; all are tried), unless
+        a COMMIT whose outcome is unknown may have made rows refer to them."""
+        if self._written and self._in_doubt is not None and not await self._rows_absent():
+            self.committed()
+            return
         for key in self._written:
             try:
                 await self.store.delete(key)
@@ -133,3 +179,40 @@ class Upload:
     def committed(self) -> None:
         """The rows are in: the blobs now belong to them."""
         self._written.clear()
+        self._in_doubt = None
+
+    async def _rows_absent(self) -> bool:
+        """After a COMMIT with an unknown outcome: True only if the database says that no row
+        refers to any of the stored files."""
+        assert self._in_doubt is not None
+        pool, rows_exist = self._in_doubt
+        ids = [uuid.UUID(key) for key in self._written]
+        try:
+            async with pool.acquire() as conn:
+                exist = await rows_exist(conn, ids)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: keep the blobs
+            log.warning("upload's commit outcome unknown; its blobs are kept",
+                        extra={"blobs": len(ids), "error": type(exc).__name__})
+            return False
+        if exist:
+            log.warning("upload committed although its request failed; its blobs are kept", extra={"blobs": len(ids)})
+        return not exist
+
+
+async def _commit_to_the_end(transaction: asyncpg.transaction.Transaction) -> bool:
+    """COMMIT, run to its end even if the calling task is cancelled meanwhile. Returns
+    whether a cancellation arrived (the caller passes it on once it has taken the outcome
+    into account); raises what COMMIT raised (the cancellation instead, if one arrived)."""
+    commit = asyncio.ensure_future(transaction.commit())
+    cancelled = False
+    while not commit.done():
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            cancelled = True  # the COMMIT goes on: wait for its outcome
+        except Exception:  # noqa: BLE001 - commit is done: its error is raised below
+            pass
+    error = asyncio.CancelledError() if commit.cancelled() else commit.exception()
+    if error is not None:
+        raise asyncio.CancelledError() if cancelled else error
+    return cancelled

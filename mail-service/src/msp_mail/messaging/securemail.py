@@ -1,0 +1,70 @@
+"""Who has paid SecureMail, from billing's grant and revoke events, whatever order the bus
+delivers them in (pure rules, no I/O).
+
+The bus retries a failed delivery through delay queues, so a grant retried after a quick
+cancel can arrive after its revoke, and a revoke of an old subscription after the grant of
+a new one. Applying each event blindly as it comes leaves a cancelled user able to send, or
+blocks a paying one. So mail-service keeps every grant and revoke it has seen for a user and
+derives the state from all of them: the result depends on which events arrived, never on
+the order they arrived in, and a redelivered event changes nothing.
+
+`current_grant` replays them in the order billing made them (the envelope's occurred_at; a
+revoke after a grant of the same instant), with what each event says about its subscription
+(billing's subscription id, when the event carries it):
+
+- a grant of a subscription that has a revoke anywhere among the events never takes effect
+  (a subscription is granted once and revoked once, in that order, whatever the clocks say);
+- a revoke of subscription X ends a grant of X, or a grant that names no subscription made
+  before it; it does not end the grant of another subscription Y;
+- a revoke that names no subscription ends whatever grant came before it;
+- a later grant replaces an earlier one.
+
+Billing lets a user have at most one active subscription at a time, so when every event
+names its subscription, only grants of different subscriptions are ordered by time, and
+those are a whole subscription's life apart: skew between billing replicas' clocks does not
+matter. Events without a subscription id (published before the field existed) are ordered
+by time alone."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+GRANT = "grant"
+REVOKE = "revoke"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One grant or revoke as billing published it."""
+
+    event_id: uuid.UUID
+    kind: Literal["grant", "revoke"]
+    at: datetime  # the envelope's occurred_at
+    subscription_id: str | None = None
+    paid_by: uuid.UUID | None = None  # grants only
+
+
+def _order(change: Change) -> tuple:
+    return (change.at, change.kind == REVOKE, str(change.event_id))
+
+
+def current_grant(changes: Iterable[Change]) -> Change | None:
+    """The grant that pays for the user's SecureMail now, or None (not paid)."""
+    changes = list(changes)
+    revoked = {c.subscription_id for c in changes if c.kind == REVOKE and c.subscription_id is not None}
+    current: Change | None = None
+    for change in sorted(changes, key=_order):
+        if change.kind == GRANT:
+            if change.subscription_id is None or change.subscription_id not in revoked:
+                current = change
+        elif current is not None and (
+            change.subscription_id is None or current.subscription_id in (None, change.subscription_id)
+        ):
+            current = None
+    return current
+
+
+__all__ = ["GRANT", "REVOKE", "Change", "current_grant"]
