@@ -91,3 +91,43 @@ async def test_session_ends_from_the_gateway_are_audited(auth: Auth, auth_settin
         assert details["reason"] == "idle" and datetime.fromisoformat(details["last_seen_at"]) == idle_since
     finally:
         await bus.close()
+
+
+async def test_late_securemail_events_do_not_undo_newer_ones(auth: Auth, auth_settings: AuthSettings) -> None:
+    """A grant retried (through the bus's delay queues) after its cancel, or a revoke of an old
+    subscription arriving after a new grant, must not change what Manage Users shows."""
+    practice = await auth.make_practice()
+    manager = await auth.make_user("um@example.org", practice=practice, roles=("member", "user_manager"))
+    cancelled = await auth.make_user("cancelled@example.org", practice=practice)
+    renewed = await auth.make_user("renewed@example.org", practice=practice)
+    t0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    t1 = t0.replace(hour=10)
+    bus = Bus(auth_settings.amqp_url, auth_settings.bus_exchange, service="auth-test", retry_delay_ms=50)
+    await bus.connect()
+    try:
+        # cancelled: granted at t0, revoked at t1; the grant arrives last
+        await bus.publish(make_envelope(SecureMailRevoked(user_id=cancelled["id"], subscription_id="sub_1"),
+                                        occurred_at=t1))
+        # renewed: the old subscription revoked at t0, a new one granted at t1; the revoke arrives last
+        new_grant = SecureMailGranted(user_id=renewed["id"], paid_by=manager["id"], subscription_id="sub_3")
+        await bus.publish(make_envelope(new_grant, occurred_at=t1))
+
+        async def both_applied() -> bool:
+            return len(await auth.audit("securemail_revoked")) == 1 and len(await auth.audit("securemail_granted")) == 1
+
+        await eventually(both_applied, "the newer events applied")
+        old_grant = SecureMailGranted(user_id=cancelled["id"], paid_by=manager["id"], subscription_id="sub_1")
+        await bus.publish(make_envelope(old_grant, occurred_at=t0))
+        late_revoke = make_envelope(SecureMailRevoked(user_id=renewed["id"], subscription_id="sub_2"), occurred_at=t0)
+        await bus.publish(late_revoke)
+
+        async def late_ones_consumed() -> bool:
+            rows = await auth.pool.fetch("SELECT 1 FROM inbox WHERE event_id = $1", late_revoke.id)
+            return bool(rows)
+
+        await eventually(late_ones_consumed, "the late events consumed")
+    finally:
+        await bus.close()
+    assert (await auth.user(cancelled["id"]))["securemail_paid"] is False
+    assert (await auth.user(renewed["id"]))["securemail_paid"] is True
+

@@ -36,7 +36,8 @@ async def test_user_manager_buys_securemail_for_a_user_of_their_practice(billing
 
     # Granted at once: the event is in the outbox (same transaction) and reaches the bus.
     [granted] = await billing.outbox("billing.securemail.granted")
-    assert granted["data"] == {"user_id": user.id, "paid_by": manager.id}
+    # naming the subscription, so consumers can order grants and revokes that arrive late
+    assert granted["data"] == {"user_id": user.id, "paid_by": manager.id, "subscription_id": sub["subscription_id"]}
     await eventually(lambda: _async(billing.seen_of("billing.securemail.granted")), what="grant on the bus")
 
     status, body = await billing.call("GET", "/billing/invoices", manager)
@@ -209,7 +210,7 @@ async def test_cancel_revokes_and_a_new_purchase_is_a_new_subscription(billing: 
     sub_id = first["subscription"]["subscription_id"]
     assert billing.stripe.objects["subscription"][sub_id]["status"] == "canceled"
     [revoked] = await billing.outbox("billing.securemail.revoked")
-    assert revoked["data"] == {"user_id": user.id}
+    assert revoked["data"] == {"user_id": user.id, "subscription_id": sub_id}
     await eventually(lambda: _async(billing.seen_of("billing.securemail.revoked")), what="revoke on the bus")
 
     status, again = await billing.call("POST", "/billing/securemail", manager, {"user_id": user.id})

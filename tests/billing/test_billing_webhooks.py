@@ -49,7 +49,7 @@ async def test_a_replayed_event_has_no_second_effect(billing: Billing) -> None:
     status, body = await billing.webhook(created)
     assert status == 200 and body == {"received": True}
     [granted] = await billing.outbox("billing.securemail.granted")
-    assert granted["data"] == {"user_id": user.id, "paid_by": payer.id}
+    assert granted["data"] == {"user_id": user.id, "paid_by": payer.id, "subscription_id": "sub_replayed"}
 
     status, body = await billing.webhook(created)  # the same event, re-signed, again
     assert status == 200 and body["duplicate"] is True

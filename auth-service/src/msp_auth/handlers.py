@@ -34,7 +34,12 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         user = await store.get_user(conn, data.user_id, for_update=True)
         if user is None:
             return  # not ours (or gone): nothing to mark
-        await store.update_user(conn, user["id"], {"securemail_paid": granted}, at)
+        last = user["securemail_changed_at"]
+        if last is not None and (at < last or (at == last and granted)):
+            # Older than the change already shown (bus retries go through delay queues): a grant
+            # retried after its cancel must not mark the user paid again. Same instant: revoke wins.
+            return
+        await store.update_user(conn, user["id"], {"securemail_paid": granted, "securemail_changed_at": at}, at)
         await store.audit(
             conn, at=at, action="securemail_granted" if granted else "securemail_revoked",
             actor_id=data.paid_by if granted else None, subject_id=user["id"], practice_id=user["practice_id"],

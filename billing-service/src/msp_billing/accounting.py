@@ -31,7 +31,7 @@ async def grant(
         return False
     await store.ledger_entry(conn, kind="grant", stripe_ref=stripe_id, payer_id=payer_id, user_id=user_id,
                              currency=currency, at=at)
-    await outbox.add(conn, SecureMailGranted(user_id=user_id, paid_by=payer_id))
+    await outbox.add(conn, SecureMailGranted(user_id=user_id, paid_by=payer_id, subscription_id=stripe_id))
     return True
 
 
@@ -42,7 +42,7 @@ async def revoke(conn: asyncpg.Connection, *, stripe_id: str, at: datetime) -> a
         return None
     await store.ledger_entry(conn, kind="revoke", stripe_ref=stripe_id, payer_id=row["payer_id"],
                              user_id=row["user_id"], currency=row["currency"], at=at)
-    await outbox.add(conn, SecureMailRevoked(user_id=row["user_id"]))
+    await outbox.add(conn, SecureMailRevoked(user_id=row["user_id"], subscription_id=stripe_id))
     return row
 
 
