@@ -3,7 +3,8 @@
 Every message on the bus is an Envelope: id, type (also the routing key), version,
 occurred_at, trace context and data. `data` is validated against the pydantic model
 registered for (type, version); older versions are upcast by small pure functions so
-consumers only ever see the current shape.
+consumers only ever see the current shape, and fields newer than the consumer's model are
+ignored (Registry.parse), so an optional field can be added without a new version.
 
 Payloads carry ids, not PHI: never passwords, codes, raw tokens, message bodies. Where a
 consumer truly needs a secret (the address and link of an email), it travels sealed
@@ -71,6 +72,12 @@ class Registry:
         while version < model.VERSION:
             data = self._upcasters[(envelope.type, version)](data)
             version += 1
+        # A tolerant reader: fields this model does not know are ignored, not refused. A field
+        # added to an event (optional, same version) is then safe to publish while replicas
+        # still running the older model consume, as in a rolling deploy. Producers stay
+        # strict: building a payload with an unknown field raises (extra="forbid").
+        if not data.keys() <= model.model_fields.keys():
+            data = {k: v for k, v in data.items() if k in model.model_fields}
         return model.model_validate(data)
 
     def types(self) -> list[str]:
