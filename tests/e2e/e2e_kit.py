@@ -140,3 +140,13 @@ async def log_in_as(page: Page, who: Member) -> None:
     await page.get_by_label("Password", exact=True).fill(who.password)
     await page.get_by_role("button", name="Log in").click()
     await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
+
+
+async def open_profile(page: Page) -> None:
+    """The way the help page describes it: "Profile" from the drop-down menu in the upper
+    right corner (the account menu, named after the user)."""
+    nav = page.get_by_role("navigation", name="Main")
+    await nav.locator("#account-name").click()
+    await nav.get_by_role("link", name="Profile", exact=True).click()
+    await expect(page.get_by_role("heading", name="Profile", level=1)).to_be_visible()
+

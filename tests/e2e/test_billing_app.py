@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from e2e_kit import MakeMember, Member, log_in_as, needs_chromium, put_card_on_file
+from e2e_kit import MakeMember, Member, log_in_as, needs_chromium, open_profile, put_card_on_file
 from msp_shared.web import POOL
 from playwright.async_api import Locator, Page, expect
 from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack, eventually, text_of
@@ -58,9 +58,10 @@ async def purchase_for(page: Page, email: str) -> None:
 
 
 async def open_invoices(page: Page) -> None:
-    """The way the help page sends User Managers: Profile, "Messaging", "View Invoices"."""
-    await page.get_by_role("link", name="Profile").click()
-    await expect(page.get_by_role("heading", name="Profile", level=1)).to_be_visible()
+    """The way the help page sends User Managers: Profile (from the menu in the upper right
+    corner), the "Messaging" tab, "View Invoices"."""
+    await open_profile(page)
+    await page.get_by_role("navigation", name="Profile").get_by_role("link", name="Messaging").click()
     messaging = page.get_by_role("region", name="Messaging")
     await expect(messaging).to_contain_text("Your SecureMail payments")
     await messaging.get_by_role("link", name="View Invoices").click()

@@ -3,7 +3,7 @@ and out, mistyping the password, being signed out after 30 idle minutes, and reg
 from an invitation link with a text-message code."""
 from __future__ import annotations
 
-from e2e_kit import needs_chromium
+from e2e_kit import needs_chromium, open_profile
 from playwright.async_api import Page, expect
 from stack import SUPPORT_EMAIL, SUPPORT_PASSWORD, Stack, links
 
@@ -42,8 +42,7 @@ async def test_the_app_works_without_replace_children_as_on_ios_12(page: Page) -
     await page.add_init_script("delete Element.prototype.replaceChildren;")
     await log_in(page, SUPPORT_EMAIL, SUPPORT_PASSWORD)
     await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
-    await page.get_by_role("link", name="Profile").click()
-    await expect(page.get_by_role("heading", name="Profile", level=1)).to_be_visible()
+    await open_profile(page)
     assert await page.evaluate("Element.prototype.replaceChildren.toString().includes('removeChild')")
 
 
@@ -61,7 +60,8 @@ async def test_idle_for_30_minutes_sends_back_to_login_with_the_reason(page: Pag
     await expect(page.get_by_role("heading", name="Inbox")).to_be_visible()
 
     stack.clock.advance(minutes=31)
-    await page.get_by_role("link", name="Profile").click()
+    await page.get_by_role("navigation", name="Main").locator("#account-name").click()
+    await page.get_by_role("link", name="Profile", exact=True).click()
     await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     await expect(page.get_by_role("status")).to_contain_text("signed out after 30 minutes of inactivity")
     await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()

@@ -496,8 +496,9 @@ async function viewChangePassword() {
   pageFor(seq, "Change password", h("div", { class: "card narrow" }, form));
 }
 
-async function viewProfile() {
+async function viewProfile(params) {
   const seq = routeSeq;  // a slower, older view must not replace a newer one
+  const tab = params.get("tab");
   const err = errorBox();
   let me;
   try { me = (await api("GET", "/me")).user; } catch (ex) { showError(err, ex); pageFor(seq, "Profile", err); return; }
@@ -553,12 +554,21 @@ async function viewProfile() {
   const practice = me.practice ? h("p", { class: "hint" }, `Practice: ${me.practice.name || ""}. Practice details can only be changed by PBHS Support.`) : null;
   const expiry = me.password_expiry_warning_days ? h("p", { class: "notice" }, `Your password expires in ${me.password_expiry_warning_days} days.`) : null;
   const manager = (me.roles || []).includes("user_manager");
-  // The help page sends User Managers to Profile, "Messaging", "View Invoices".
-  const messaging = manager ? h("section", { class: "card gap", "aria-labelledby": "messaging-h" },
+  // Two tabs, as the help page has them: the account itself, and "Messaging" (SecureMail),
+  // where User Managers find "View Invoices".
+  const onMessaging = tab === "messaging";
+  const tabs = h("nav", { class: "subnav tabs", "aria-label": "Profile" },
+    h("a", { href: "#/profile", "aria-current": onMessaging ? null : "page" }, "Account"),
+    h("a", { href: "#/profile?tab=messaging", "aria-current": onMessaging ? "page" : null }, "Messaging"));
+  const messaging = h("section", { class: "card", "aria-labelledby": "messaging-h" },
     h("h2", { id: "messaging-h" }, "Messaging"),
-    h("p", {}, "Your SecureMail payments, for your account and any others you pay for."),
-    h("a", { class: "button", href: "#/invoices" }, "View Invoices")) : null;
-  pageFor(seq, "Profile", expiry, h("div", { class: "card" }, practice, form, phoneBox), messaging);
+    h("p", {}, me.securemail_paid
+      ? "Your account has paid SecureMail: you can start secure messages and reply to them."
+      : "Your account does not have paid SecureMail yet: you can reply to secure messages sent to you. A User Manager of your practice can purchase SecureMail for you."),
+    manager ? h("p", {}, "Your SecureMail payments, for your account and any others you pay for.") : null,
+    manager ? h("a", { class: "button", href: "#/invoices" }, "View Invoices") : null);
+  if (onMessaging) pageFor(seq, "Profile", tabs, messaging);
+  else pageFor(seq, "Profile", tabs, expiry, h("div", { class: "card" }, practice, form, phoneBox));
 }
 
 function userStatus(u) {
@@ -1194,10 +1204,22 @@ function renderNav() {
   document.getElementById("nav-invoices").hidden = !manager || !!state.restriction;
   const support = state.user && (state.user.roles || []).includes("support");
   document.getElementById("nav-support").hidden = !support || !!state.restriction;
-  const here = location.hash.split("?")[0];
-  for (const a of nav.querySelectorAll("a")) {
+  // The account menu: named after the user, closed again on every page change.
+  const menu = document.getElementById("account-menu");
+  menu.open = false;
+  menu.hidden = !!state.restriction;
+  const u = state.user || {};
+  document.getElementById("account-name").textContent = [u.first_name, u.last_name].filter(Boolean).join(" ") || u.email || "My account";
+  // The current page's link: the one naming this exact address if there is one (Messaging on
+  // #/profile?tab=messaging), else the one for its path or a parent path (#/users on #/users/edit).
+  const here = location.hash || "#/inbox";
+  const path = here.split("?")[0];
+  const links = Array.from(nav.querySelectorAll("a"));
+  const exact = links.some((a) => a.getAttribute("href") === here && here !== path);
+  for (const a of links) {
     const href = a.getAttribute("href");
-    if (href === here || here.startsWith(href + "/")) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    const current = exact ? href === here : href === path || path.startsWith(href + "/");
+    if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
 }
 
@@ -1246,6 +1268,12 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("logout").addEventListener("click", async () => {
     try { await api("DELETE", "/session"); } catch (_ignored) { /* signed out either way */ }
     signedOut("You have been logged out.");
+  });
+  // The account menu closes when the user clicks elsewhere or presses Escape.
+  const menu = document.getElementById("account-menu");
+  document.addEventListener("click", (e) => { if (menu.open && !menu.contains(e.target)) menu.open = false; });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && menu.open) { menu.open = false; menu.querySelector("summary").focus(); }
   });
   window.addEventListener("hashchange", route);
   route();
