@@ -51,7 +51,8 @@ class Payments:
                 "metadata": {"msp_user_id": user_id, "msp_practice_id": practice_id},
                 "description": customer_description(practice_id, None),
             },
-            {"idempotency_key": f"msp-customer-{user_id}"},
+            # v2: the parameters changed (no email); a key reused with other parameters is refused
+            {"idempotency_key": f"msp-customer-v2-{user_id}"},
         )
 
     async def describe_customer(self, customer_id: str, description: str) -> None:

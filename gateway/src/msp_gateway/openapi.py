@@ -106,7 +106,7 @@ def _common_errors(method: str, *, public: bool, csrf: bool, has_body: bool, lim
         if public and has_body:
             errors["415"] = "json_required: requests without a session must be JSON."
     elif not public:
-        errors["403"] = ROLE_OR_RESTRICTION + "."
+        errors["403"] = f"cross_site_request (a signed-in request another site made), or {ROLE_OR_RESTRICTION}."
     if limited:
         errors["429"] = "rate_limited: too many attempts; details.retry_after says when to try again."
     return errors

@@ -1271,7 +1271,12 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   // The account menu closes when the user clicks elsewhere or presses Escape.
   const menu = document.getElementById("account-menu");
-  document.addEventListener("click", (e) => { if (menu.open && !menu.contains(e.target)) menu.open = false; });
+  // A link in it closes it too: the page it names may be the one already shown (no route change).
+  document.addEventListener("click", (e) => {
+    if (menu.open && (!menu.contains(e.target) || (e.target.closest && e.target.closest(".menu a")))) menu.open = false;
+  });
+  // iOS fires no click on plain elements: a touch outside the menu closes it as well.
+  document.addEventListener("touchstart", (e) => { if (menu.open && !menu.contains(e.target)) menu.open = false; }, { passive: true });
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && menu.open) { menu.open = false; menu.querySelector("summary").focus(); }
   });
