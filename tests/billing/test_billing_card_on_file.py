@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 
 from billing_kit import UM, Billing, BillingDept, User, new_user, stripe_event, support_user
+
+from msp_shared.events import UserRegistered, UserRolesChanged, make_envelope
 
 LOOKUP = "/admin/billing/users/{}"
 
@@ -220,6 +223,33 @@ async def test_only_support_may_look_a_user_manager_up(billing: Billing) -> None
     assert [r["outcome"] for r in outcomes] == ["denied:support_only"] * 6 + [
         "denied:session_restricted", "denied:user_not_found", "denied:user_not_found"]
     assert str(outcomes[0]["actor"]) == member.id
+
+
+async def test_support_opens_no_customer_for_a_user_announced_without_the_role(billing: Billing) -> None:
+    """A customer is for paying: the Billing Dept. must not be able to put a card on a member's."""
+    lee = new_user(roles=UM)
+    ana = new_user(lee.practice_id, roles=("member",))
+    registered = make_envelope(UserRegistered(user_id=ana.id, practice_id=ana.practice_id, roles=ana.roles))
+    await billing.bus.publish(registered)
+    await billing.handled(registered, "billing-users")
+    customers = len(billing.stripe.objects["customer"])
+    support = support_user()
+    status, body = await billing.call("GET", LOOKUP.format(ana.id), support)
+    assert (status, body["error"]) == (409, "not_user_manager")
+    assert len(billing.stripe.objects["customer"]) == customers
+    # Support grants her the role (auth announces it): now she gets one; an older announcement
+    # arriving late does not take it back.
+    granted = make_envelope(UserRolesChanged(user_id=ana.id, practice_id=ana.practice_id, roles=UM))
+    stale = make_envelope(UserRolesChanged(user_id=ana.id, practice_id=ana.practice_id, roles=("member",)),
+                          occurred_at=granted.occurred_at - timedelta(seconds=1))
+    for envelope in (granted, stale):
+        await billing.bus.publish(envelope)
+        await billing.handled(envelope, "billing-users")
+    assert await billing.pool.fetchval("SELECT roles FROM practice_users WHERE user_id = $1", uuid.UUID(ana.id)) == list(UM)
+    assert (await lookup(billing, support, ana))["customer_id"]
+    outcomes = [r["outcome"] for r in await billing.pool.fetch(
+        "SELECT outcome FROM audit WHERE action = 'billing.admin.user.view' ORDER BY id")]
+    assert outcomes == ["denied:not_user_manager", "ok"]
 
 
 async def test_the_look_up_says_when_another_user_manager_pays_for_this_one(

@@ -1,8 +1,9 @@
 """Events billing-service consumes.
 
-auth.user.registered -> practice_users: billing checks that a purchase targets a user of the
-caller's practice without reading auth-service's tables (group "billing-users", idempotent
-inbox: a redelivered event changes nothing).
+auth.user.registered (and auth.user.roles_changed) -> practice_users: billing checks that a
+purchase targets a user of the caller's practice, and Support's look-up that a user is a User
+Manager, without reading auth-service's tables (group "billing-users", idempotent inbox: a
+redelivered event changes nothing; an older roles announcement never replaces a newer one).
 
 auth.user.registered with the role user_manager (the first user of a practice), and
 auth.user.roles_changed granting it (Support) -> the User Manager's Stripe customer, so the
@@ -29,11 +30,15 @@ CUSTOMERS_GROUP = "billing-customers"
 
 
 async def on_user_registered(conn: asyncpg.Connection, envelope: Envelope) -> None:
+    """A practice user (and their roles, when announced): both events of the group."""
     data = envelope.payload()
-    assert isinstance(data, UserRegistered)
+    assert isinstance(data, (UserRegistered, UserRolesChanged))
     if data.practice_id is None:  # a recipient of no practice (a patient): nothing to bill for
         return
-    await store.remember_user(conn, data.user_id, data.practice_id, envelope.occurred_at)
+    if isinstance(data, UserRegistered):
+        await store.remember_user(conn, data.user_id, data.practice_id, envelope.occurred_at)
+    if data.roles is not None:
+        await store.remember_roles(conn, data.user_id, data.roles, envelope.occurred_at)
 
 
 def on_user_manager(app: web.Application) -> Any:
@@ -48,6 +53,6 @@ def on_user_manager(app: web.Application) -> Any:
 
 
 def subscribe(app: web.Application, bus: Any) -> None:
-    bus.subscribe(GROUP, [UserRegistered.TYPE], idempotent(app[POOL], GROUP, on_user_registered))
+    bus.subscribe(GROUP, [UserRegistered.TYPE, UserRolesChanged.TYPE], idempotent(app[POOL], GROUP, on_user_registered))
     bus.subscribe(CUSTOMERS_GROUP, [UserRegistered.TYPE, UserRolesChanged.TYPE],
                   idempotent(app[POOL], CUSTOMERS_GROUP, on_user_manager(app)))

@@ -179,6 +179,11 @@ async def admin_user(request: web.Request) -> web.Response:
         if practice_id is None:
             await _audit(request, ident, action, "denied:user_not_found", target)
             raise not_found
+        roles = await store.roles_of(pool, target)
+        if roles is not None and purchase_rules.USER_MANAGER not in roles:
+            # A customer is for paying: never open one the Billing Dept. could put a card on by mistake.
+            await _audit(request, ident, action, "denied:not_user_manager", target)
+            raise ApiError(409, "not_user_manager", "This user is not a User Manager: only User Managers pay for SecureMail.")
         try:
             row, created = await cards.ensure_customer(
                 request.app, pool, user_id=target, practice_id=practice_id, at=clock.now(), actor=ident.user_id,

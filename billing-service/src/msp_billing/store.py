@@ -22,6 +22,19 @@ async def remember_user(conn: Conn, user_id: uuid.UUID, practice_id: uuid.UUID, 
     )
 
 
+async def remember_roles(conn: Conn, user_id: uuid.UUID, roles: tuple[str, ...], at: datetime) -> None:
+    """The user's roles as announced at `at`; an older announcement arriving later changes nothing."""
+    await conn.execute(
+        "UPDATE practice_users SET roles = $2, roles_at = $3 WHERE user_id = $1 AND (roles_at IS NULL OR roles_at <= $3)",
+        user_id, list(roles), at,
+    )
+
+
+async def roles_of(conn: Conn, user_id: str) -> list[str] | None:
+    """The roles last announced for the user; None when none ever were (or billing knows no such user)."""
+    return await conn.fetchval("SELECT roles FROM practice_users WHERE user_id = $1", uuid.UUID(user_id))
+
+
 async def practice_of(conn: Conn, user_id: str) -> str | None:
     value = await conn.fetchval("SELECT practice_id FROM practice_users WHERE user_id = $1", uuid.UUID(user_id))
     return str(value) if value else None
