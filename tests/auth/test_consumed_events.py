@@ -131,3 +131,29 @@ async def test_late_securemail_events_do_not_undo_newer_ones(auth: Auth, auth_se
     assert (await auth.user(cancelled["id"]))["securemail_paid"] is False
     assert (await auth.user(renewed["id"]))["securemail_paid"] is True
 
+
+async def test_the_paid_flag_follows_subscriptions_as_mail_does_whatever_the_clocks(
+        auth: Auth, auth_settings: AuthSettings) -> None:
+    """Billing replicas' clocks may disagree: the revoke of an old subscription stamped after the
+    grant of the new one must not end the new one (mail-service decides the same way)."""
+    practice = await auth.make_practice()
+    manager = await auth.make_user("um@example.org", practice=practice, roles=("member", "user_manager"))
+    user = await auth.make_user("staff@example.org", practice=practice)
+    t0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    bus = Bus(auth_settings.amqp_url, auth_settings.bus_exchange, service="auth-test", retry_delay_ms=50)
+    await bus.connect()
+    try:
+        new_grant = SecureMailGranted(user_id=user["id"], paid_by=manager["id"], subscription_id="sub_new")
+        await bus.publish(make_envelope(new_grant, occurred_at=t0))
+        old_revoke = make_envelope(SecureMailRevoked(user_id=user["id"], subscription_id="sub_old"),
+                                   occurred_at=t0.replace(second=5))
+        await bus.publish(old_revoke)
+
+        async def consumed() -> bool:
+            return bool(await auth.pool.fetch("SELECT 1 FROM inbox WHERE event_id = $1", old_revoke.id))
+
+        await eventually(consumed, "the old subscription's revoke consumed")
+    finally:
+        await bus.close()
+    assert (await auth.user(user["id"]))["securemail_paid"] is True
+

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from messages_kit import Stack
-from msp_mail.messaging import handlers, securemail
+from msp_mail.messaging import handlers
+from msp_shared import securemail
 from msp_mail.messaging import store as mail_store
 from msp_shared import inbox
 from msp_shared.events import Envelope, SecureMailGranted, SecureMailRevoked, make_envelope

@@ -9,6 +9,7 @@ nothing):
   or signing in again over it), "session_expired" when the idle or absolute limit did."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,7 @@ from aiohttp import web
 from msp_shared.events import (
     Envelope, SecureMailGranted, SecureMailRevoked, SessionEnded, VerifyCodeChecked, VerifyCodeSent,
 )
+from msp_shared import securemail
 from msp_shared.inbox import idempotent
 from msp_shared.web import POOL
 
@@ -34,12 +36,12 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         user = await store.get_user(conn, data.user_id, for_update=True)
         if user is None:
             return  # not ours (or gone): nothing to mark
-        last = user["securemail_changed_at"]
-        if last is not None and (at < last or (at == last and granted)):
-            # Older than the change already shown (bus retries go through delay queues): a grant
-            # retried after its cancel must not mark the user paid again. Same instant: revoke wins.
-            return
-        await store.update_user(conn, user["id"], {"securemail_paid": granted, "securemail_changed_at": at}, at)
+        # Derived from every grant and revoke seen, as mail-service does: events arrive out of
+        # order (bus retries go through delay queues), and a late one must not undo a newer one.
+        # (The real time is only recorded as when it arrived; no rule reads it.)
+        paid = await securemail.apply(conn, envelope, data, datetime.now(timezone.utc)) is not None
+        if paid != user["securemail_paid"]:
+            await store.update_user(conn, user["id"], {"securemail_paid": paid}, at)
         await store.audit(
             conn, at=at, action="securemail_granted" if granted else "securemail_revoked",
             actor_id=data.paid_by if granted else None, subject_id=user["id"], practice_id=user["practice_id"],

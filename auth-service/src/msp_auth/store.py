@@ -17,7 +17,7 @@ Record = asyncpg.Record
 # Columns a caller may change through update_user (names are interpolated: keep it a whitelist).
 USER_FIELDS = frozenset({
     "email", "first_name", "last_name", "phone", "phone_from_inviter", "cell_phone", "phone_verified_at", "time_zone",
-    "ada_number", "specialties", "status", "two_step_required", "securemail_paid", "securemail_changed_at", "roles",
+    "ada_number", "specialties", "status", "two_step_required", "securemail_paid", "roles",
     "password_reset_required", "failed_logins", "locked_at", "terms_version", "terms_accepted_at",
     "pending_email", "last_login_at", "last_invited_at", "registered_at", "practice_id",
     "expiry_warnings_sent",

@@ -8,7 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
-from .securemail import Change
+from msp_shared.securemail import Change
+
 from .uploads import ReceivedFile
 
 Record = asyncpg.Record
@@ -42,27 +43,6 @@ async def grant_securemail(conn: asyncpg.Connection, user_id: uuid.UUID, paid_by
 
 async def revoke_securemail(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM securemail_accounts WHERE user_id = $1", user_id)
-
-
-async def lock_securemail_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
-    """Serialise the grants and revokes of one user until the transaction ends: competing
-    consumers may hold two of them at once, and each derives the state from all the others."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('msp-securemail:' || $1::uuid::text, 0))", user_id)
-
-
-async def record_securemail_change(conn: asyncpg.Connection, user_id: uuid.UUID, change: Change, now: datetime) -> None:
-    await conn.execute(
-        "INSERT INTO securemail_changes (event_id, user_id, kind, occurred_at, subscription_id, paid_by, received_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
-        change.event_id, user_id, change.kind, change.at, change.subscription_id, change.paid_by, now,
-    )
-
-
-async def securemail_changes(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[Change]:
-    rows = await conn.fetch(
-        "SELECT event_id, kind, occurred_at, subscription_id, paid_by FROM securemail_changes WHERE user_id = $1", user_id
-    )
-    return [Change(r["event_id"], r["kind"], r["occurred_at"], r["subscription_id"], r["paid_by"]) for r in rows]
 
 
 # ---- practice settings ----------------------------------------------------------------------
