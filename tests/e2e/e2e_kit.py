@@ -150,3 +150,31 @@ async def open_profile(page: Page) -> None:
     await nav.get_by_role("link", name="Profile", exact=True).click()
     await expect(page.get_by_role("heading", name="Profile", level=1)).to_be_visible()
 
+
+
+async def invite_staff(stack: Stack, practice_id: str, email: str, **fields: object) -> dict:
+    """What Support does from a practice's page ("Invite a user to this practice"), through the
+    gateway as Support's browser sends it: a new user of that practice, status "invited", with
+    an invitation mailed to `email`. `fields`: first_name, last_name, phone, cell_phone,
+    two_step_required (on unless given). Returns the user as the API answers it."""
+    async with stack.browser() as support:
+        status, body, _ = await support.login(SUPPORT_EMAIL, SUPPORT_PASSWORD)
+        assert status == 200, body
+        status, body, _ = await support.call("POST", f"/admin/practices/{practice_id}/users",
+                                             json={"email": email, **fields})
+        assert status == 201, body
+        signed_out, _, _ = await support.call("DELETE", "/session")
+        assert signed_out == 204, signed_out
+    assert body["user"]["status"] == "invited", body
+    return body["user"]
+
+
+async def set_phone_on_file(stack: Stack, who: Member, phone: str, *, two_step_required: bool = True) -> None:
+    """A member's phone (E.164) as proving it in their profile leaves it (a proven number on
+    file), with 2-Step Verification on or off as the profile's checkbox leaves it, arranged in
+    auth-service's database."""
+    now = stack.clock.now()
+    async with stack.auth_app[POOL].acquire() as conn:
+        await auth_store.update_user(conn, uuid.UUID(who.id), {
+            "phone": phone, "phone_from_inviter": False, "phone_verified_at": now,
+            "two_step_required": two_step_required}, now)

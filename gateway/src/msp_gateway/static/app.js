@@ -584,9 +584,10 @@ async function viewUsers() {
   const err = errorBox();
   let users;
   try { users = (await api("GET", "/practice/users")).users; } catch (ex) { showError(err, ex); pageFor(seq, "Manage Users", err); return; }
-  const act = (fn, okText) => async () => {
+  // `undo`: puts the control back as it was when the server refuses (a checkbox the user ticked).
+  const act = (fn, okText, undo) => async () => {
     err.hidden = true;
-    try { await fn(); await viewUsers(); say(okText); } catch (ex) { showError(err, ex); err.focus(); }
+    try { await fn(); await viewUsers(); say(okText); } catch (ex) { if (undo) undo(); showError(err, ex); err.focus(); }
   };
   const rows = users.map((u) => {
     const name = `${u.first_name || ""} ${u.last_name || ""}`.trim() || "(not registered yet)";
@@ -597,7 +598,8 @@ async function viewUsers() {
       cell("2-Step", h("label", { class: "check" },
         h("input", { type: "checkbox", checked: !!u.two_step_required,
                      "aria-label": `2-Step Verification for ${u.email}`,
-                     onchange: (e) => act(() => api("PATCH", `/practice/users/${u.id}`, { two_step_required: e.target.checked }), "2-Step Verification setting saved.")() }),
+                     onchange: (e) => act(() => api("PATCH", `/practice/users/${u.id}`, { two_step_required: e.target.checked }),
+                       "2-Step Verification setting saved.", () => { e.target.checked = !e.target.checked; })() }),
         "Required")),
       cell("Actions", h("div", { class: "row" },
         u.status === "invited" ? h("button", { type: "button", class: "secondary", onclick: act(() => api("POST", `/practice/users/${u.id}/reinvite`, {}), `Invitation sent again to ${u.email}.`) }, "Re-invite") : null,
