@@ -29,7 +29,6 @@ has written to it (manage.py), and the lock makes "written to" and "address chan
 one after the other, never across each other."""
 from __future__ import annotations
 
-import re
 import uuid
 
 import asyncpg
@@ -38,13 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from msp_shared import phones
 from msp_shared.errors import ApiError
+from msp_shared.mailer import ADDRESS
 from msp_shared.web import current_identity, read_model
 
 from . import invitations, store
 from .accounts import ctx
 
 SERVICE_ROLE = "service"
-_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
 class PhonesIn(BaseModel):
@@ -82,7 +81,7 @@ def sender_view(user: asyncpg.Record, practice: asyncpg.Record | None) -> dict:
 async def resolve(request: web.Request) -> web.Response:
     require_service(request)
     body = await read_model(request, RecipientsIn)
-    bad = [i for i, e in enumerate(body.emails) if not _ADDRESS.match(e.strip()) or len(e.strip()) > 320]
+    bad = [i for i, e in enumerate(body.emails) if not ADDRESS.match(e.strip()) or len(e.strip()) > 320]
     if bad:
         raise ApiError(400, "invalid_input", "Some addresses are not valid.", {"fields": {f"emails.{i}": "invalid" for i in bad}})
     c = ctx(request)

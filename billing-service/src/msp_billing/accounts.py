@@ -16,7 +16,6 @@ gateway's, so auth-service's identity check applies unchanged."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from msp_shared import identity, telemetry
 from msp_shared.errors import ApiError
+from msp_shared.mailer import ADDRESS
 from msp_shared.web import CLOCK, SETTINGS
 
 from .keys import AUTH_HTTP
@@ -34,7 +34,6 @@ PATH = "/internal/recipients"
 SERVICE_IDENTITY = identity.Identity(user_id="service:billing", roles=("service",))
 UNAVAILABLE = ApiError(503, "accounts_unavailable",
                        "Your email address cannot be looked up right now; nothing was sent. Try again shortly.")
-_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
 async def _sender(app: web.Application, user_id: str) -> dict:
@@ -66,7 +65,7 @@ async def _sender(app: web.Application, user_id: str) -> dict:
 async def sign_in_address(app: web.Application, user_id: str) -> str:
     """The current email address of the account `user_id`, as auth-service has it now."""
     address = (await _sender(app, user_id)).get("email")
-    if not isinstance(address, str) or not _ADDRESS.match(address):
+    if not isinstance(address, str) or not ADDRESS.match(address):
         log.warning("auth-service gave no address")
         raise UNAVAILABLE
     return address

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import uuid
 from typing import Any
 
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from msp_shared.errors import ApiError
 from msp_shared.identity import Identity
-from msp_shared.mailer import request_email
+from msp_shared.mailer import ADDRESS, request_email
 from msp_shared.web import CLOCK, POOL, SETTINGS, read_model, require_user
 
 from . import accounting, accounts, cards, purchase_rules, store
@@ -38,13 +37,12 @@ from .keys import PAYMENTS, SEALER
 
 log = logging.getLogger(__name__)
 
-_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
 class CardIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     payment_method_token: str = Field(min_length=4, max_length=255, pattern=r"^(tok|pm)_[A-Za-z0-9_]+$")
-    email: str | None = Field(None, max_length=254, pattern=_ADDRESS.pattern)
+    email: str | None = Field(None, max_length=254, pattern=ADDRESS.pattern)
 
 
 class PurchaseIn(BaseModel):

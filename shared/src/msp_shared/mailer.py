@@ -24,7 +24,7 @@ from .seal import Sealer
 
 # Deliberately loose (the SMTP relay is the judge of deliverability), but never a line
 # break or a second address: the value becomes a mail header and the envelope recipient.
-_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 _TEMPLATE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -49,7 +49,7 @@ async def request_email(
     requested_by: str,
 ) -> Envelope:
     """Write a "send this email" event to the outbox, inside the caller's transaction."""
-    if not _ADDRESS.match(to or ""):
+    if not ADDRESS.match(to or ""):
         raise ValueError("invalid recipient address")
     if not _TEMPLATE.match(template):
         raise ValueError("invalid template name")
