@@ -1,6 +1,9 @@
 """Forgot/reset password (email link + phone proof where 2-step applies) and change password."""
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
+
 from msp_auth.app import prune_spent_secrets
 from msp_auth.keys import AUTH_SETTINGS
 from msp_shared import signed
@@ -156,3 +159,37 @@ async def test_spent_proofs_and_old_link_digests_are_pruned_and_a_replay_still_f
     auth.clock.advance(days=auth.app[AUTH_SETTINGS].token_retention_days, minutes=31)  # 30 days after both expired
     assert await prune() == 2
     assert await auth.pool.fetchval("SELECT count(*) FROM tokens") == 0
+
+
+async def test_grants_and_revocations_are_dated_so_the_gateway_can_order_them(auth: Auth) -> None:
+    """A grant made before a revocation is dated before it (the gateway ends its session even if
+    the event arrives first); the fresh grant a password change answers is dated after its own
+    revocation (that session stays)."""
+    user = await auth.make_user("ola@example.org")
+    who = auth.user_identity(user)
+    before = await auth.login("ola@example.org", GOOD_PASSWORD)
+    changed = await auth.call("POST", "/me/password", {"current_password": GOOD_PASSWORD, "new_password": NEW}, who=who)
+    assert changed.status == 200, changed.body
+    [revoked] = await auth.events("auth.sessions.revoked")
+    revoked_at = datetime.fromisoformat(revoked["occurred_at"])
+    assert datetime.fromisoformat(before.body["grant"]["granted_at"]) < revoked_at
+    assert datetime.fromisoformat(changed.body["grant"]["granted_at"]) > revoked_at
+
+
+async def test_a_login_racing_a_password_change_is_refused_or_dated_before_it(auth: Auth) -> None:
+    """The attacker's race: signing in with the old password while the owner changes it. Either
+    the login sees the new password (refused) or its grant is older than the revocation."""
+    user = await auth.make_user("pat@example.org")
+    who = auth.user_identity(user)
+    passwords = [GOOD_PASSWORD] + [f"Cobalt-Orchard-{n}?" for n in range(1, 7)]
+    for n, (old, new) in enumerate(zip(passwords, passwords[1:])):
+        login, change = await asyncio.gather(
+            auth.login("pat@example.org", old),
+            auth.call("POST", "/me/password", {"current_password": old, "new_password": new}, who=who),
+        )
+        assert change.status == 200, change.body
+        revoked_at = datetime.fromisoformat((await auth.events("auth.sessions.revoked"))[n]["occurred_at"])
+        if login.status == 200:
+            assert datetime.fromisoformat(login.body["grant"]["granted_at"]) < revoked_at
+        else:
+            assert login.status == 401 and login.body["error"] == "invalid_credentials"

@@ -9,6 +9,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,8 @@ USERS = {
     "expired@example.com": (uuid.UUID("44444444-4444-4444-8444-444444444444"), [], "password_expired"),
 }
 SEEN = web.AppKey("seen", list)
+# Open (set) normally; a test clears it to hold login answers (a grant still on its way).
+LOGIN_GATE = web.AppKey("login_gate", asyncio.Event)
 FILE_SIZE = 1024 * 1024 + 17
 
 
@@ -49,9 +52,11 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 15
         await asyncio.sleep(0.02)
 
 
-def _grant(email: str) -> dict:
+def _grant(email: str, granted_at: datetime) -> dict:
+    """As auth-service grants: dated by the request's arrival, before any account state is read."""
     user_id, roles, restriction = USERS[email]
-    return {"user_id": str(user_id), "practice_id": str(PRACTICE), "roles": roles, "restriction": restriction}
+    return {"user_id": str(user_id), "practice_id": str(PRACTICE), "roles": roles, "restriction": restriction,
+            "granted_at": granted_at.isoformat()}
 
 
 def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: ANN001
@@ -59,6 +64,8 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
     checks sits behind service_app's identity middleware."""
     app = service_app(settings, schema=None, clock=clock)
     app[SEEN] = []
+    app[LOGIN_GATE] = asyncio.Event()
+    app[LOGIN_GATE].set()
 
     def record(request: web.Request) -> None:
         request.app[SEEN].append(
@@ -67,7 +74,9 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
         )
 
     async def login(request: web.Request) -> web.Response:
+        arrived = datetime.now(timezone.utc)
         record(request)
+        await request.app[LOGIN_GATE].wait()
         body = await request.json()
         email = str(body.get("email", "")).lower()
         if email == "locked@example.com" and body.get("password") == PASSWORD:
@@ -76,11 +85,12 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
             return web.json_response(
                 {"error": "invalid_credentials", "message": "Wrong email or password.", "details": {}}, status=401
             )
-        return web.json_response({"grant": _grant(email), "user": {"id": str(USERS[email][0]), "email": email}})
+        return web.json_response({"grant": _grant(email, arrived), "user": {"id": str(USERS[email][0]), "email": email}})
 
     async def registration(request: web.Request) -> web.Response:
+        arrived = datetime.now(timezone.utc)
         record(request)
-        return web.json_response({"grant": _grant("bob@example.com"), "user": {"id": str(BOB)}}, status=201)
+        return web.json_response({"grant": _grant("bob@example.com", arrived), "user": {"id": str(BOB)}}, status=201)
 
     async def echo(request: web.Request) -> web.Response:
         record(request)

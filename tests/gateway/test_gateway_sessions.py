@@ -13,8 +13,9 @@ from msp_gateway import store
 from msp_gateway.http import GATEWAY
 from msp_shared.bus import Bus
 from msp_shared.events import SessionsRevoked, make_envelope
+from msp_shared.web import POOL
 
-from gateway_kit import ALICE, BOB, PASSWORD, PRACTICE, SEEN, eventually
+from gateway_kit import ALICE, BOB, LOGIN_GATE, PASSWORD, PRACTICE, SEEN, eventually
 
 
 async def _rows(database_url: str, sql: str, *args):
@@ -236,6 +237,79 @@ async def test_revocation_event_ends_every_session_of_that_user(make_gateway, br
     assert (await alice_new.get_json("/api/v1/me"))[0] == 200
     rows = await _rows(database_url, "SELECT user_id FROM gateway.sessions ORDER BY user_id")
     assert [r["user_id"] for r in rows] == [ALICE, BOB]
+
+
+async def test_a_login_granted_before_a_revocation_that_arrives_first_makes_no_session(
+    gateway, upstream, browsers, database_url, amqp_url, exchange_name
+):
+    """The race a stolen password wins without dated grants: auth-service grants a login, the
+    user resets the password a moment later, and the revocation reaches the gateway while the
+    grant is still on its way. The rows deleted then do not include the session made next."""
+    gate = upstream.app[LOGIN_GATE]
+    gate.clear()  # auth-service has read the account and granted; the answer is still travelling
+    attacker, alice_later = browsers(gateway.url), browsers(gateway.url)
+    login = asyncio.create_task(attacker.login())
+    await eventually(lambda: _login_seen(upstream), what="the login reached auth-service")
+
+    bus = Bus(amqp_url, exchange_name, service="auth-test")
+    await bus.connect()
+    try:
+        await bus.publish(make_envelope(SessionsRevoked(user_id=ALICE, reason="password_reset")))
+    finally:
+        await bus.close()
+    await eventually(lambda: _rows(database_url, "SELECT 1 FROM gateway.session_revocations WHERE user_id = $1", ALICE),
+                     what="the revocation consumed")
+    gate.set()
+    resp = await login
+    assert resp.status == 401 and resp.body_json["error"] == "session_expired"
+    assert "msp_session" not in resp.cookies or not resp.cookies["msp_session"].value
+    assert await _rows(database_url, "SELECT 1 FROM gateway.sessions WHERE user_id = $1", ALICE) == []
+    status, body, _ = await attacker.get_json("/api/v1/session")
+    assert status == 401 and body["error"] == "not_signed_in"
+
+    # The user signing in after the revocation (with the new password) is not affected.
+    assert (await alice_later.login()).status == 200
+    assert (await alice_later.get_json("/api/v1/me"))[0] == 200
+
+
+async def test_grants_dated_outside_what_revocations_can_reach_are_refused(gateway, database_url):
+    """Grants are dated: one older than the revocations the gateway still remembers, or dated
+    ahead of them, could escape one, so it makes no session (a replayed answer, a clock gone
+    wrong); a date without a zone or not a date at all is refused too."""
+    from msp_gateway.sessions import GRANT_CLOCK_SKEW, REVOCATION_MEMORY, BadGrant
+
+    manager = gateway.app[GATEWAY].sessions
+    grant = {"user_id": str(ALICE), "practice_id": str(PRACTICE), "roles": [], "restriction": None}
+    now = datetime.now(timezone.utc)
+    too_old = now - REVOCATION_MEMORY - timedelta(minutes=1)
+    ahead = now + GRANT_CLOCK_SKEW + timedelta(minutes=1)  # would escape the revocations until then
+    for bad in (too_old.isoformat(), ahead.isoformat(), now.replace(tzinfo=None).isoformat(), 12345, "yesterday"):
+        try:
+            await manager.create({**grant, "granted_at": bad}, now, client_ip=None, user_agent=None)
+        except BadGrant:
+            pass
+        else:
+            raise AssertionError(f"granted_at {bad!r} was accepted")
+    assert await _rows(database_url, "SELECT 1 FROM gateway.sessions") == []
+    cookie, _ = await manager.create({**grant, "granted_at": now.isoformat()}, now, client_ip=None, user_agent=None)
+    assert len(await _rows(database_url, "SELECT granted_at FROM gateway.sessions WHERE granted_at = $1", now)) == 1
+
+
+async def test_revocations_are_forgotten_once_no_grant_they_could_end_can_arrive(gateway, clock, database_url):
+    from msp_gateway.sessions import REVOCATION_MEMORY
+
+    now = datetime.now(timezone.utc)
+    manager = gateway.app[GATEWAY].sessions
+    pool = gateway.app[POOL]
+    await store.delete_user_sessions(pool, ALICE, created_before=now - REVOCATION_MEMORY - timedelta(seconds=5))
+    await store.delete_user_sessions(pool, BOB, created_before=now)
+    await manager.purge(clock.now())
+    rows = await _rows(database_url, "SELECT user_id FROM gateway.session_revocations")
+    assert [r["user_id"] for r in rows] == [BOB]
+
+
+async def _login_seen(upstream) -> bool:  # noqa: ANN001
+    return any(seen["path"] == "/session" for seen in upstream.app[SEEN])
 
 
 async def test_expired_sessions_are_purged_from_the_database(gateway, browsers, clock, database_url):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -49,6 +49,11 @@ class Ctx:
     blocklist: frozenset[str]
     identity: Identity
     now: datetime
+    # Real time when this request arrived, before it read any account state (not `now`, the
+    # app's clock, which tests move). A session it grants is dated by it: the gateway ends
+    # it for any revocation that occurred later, so a grant can never outlive a revocation
+    # it did not see (revocations lock the user row before they are dated, see revoke_sessions).
+    received_at: datetime
 
     @property
     def ip(self) -> str | None:
@@ -88,6 +93,7 @@ def ctx(request: web.Request) -> Ctx:
         blocklist=app[BLOCKLIST],
         identity=current_identity(request),
         now=clock.now(),
+        received_at=datetime.now(timezone.utc),
     )
 
 
@@ -113,12 +119,13 @@ def restriction_for(settings: AuthSettings, user: asyncpg.Record, now: datetime)
     return None
 
 
-def grant(user: asyncpg.Record, restriction: str | None) -> dict[str, Any]:
+def grant(user: asyncpg.Record, restriction: str | None, granted_at: datetime) -> dict[str, Any]:
     return {
         "user_id": str(user["id"]),
         "practice_id": str(user["practice_id"]) if user["practice_id"] else None,
         "roles": list(user["roles"]),
         "restriction": restriction,
+        "granted_at": granted_at.isoformat(),
     }
 
 
@@ -166,17 +173,19 @@ def public_user(settings: AuthSettings, user: asyncpg.Record, practice: asyncpg.
 
 
 async def session_answer(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record, *, status: int = 200,
-                         **extra: Any) -> web.Response:
+                         granted_at: datetime | None = None, **extra: Any) -> web.Response:
     """The answer of every endpoint that signs a user in: the grant for the gateway, the profile
-    for the client."""
+    for the client. `granted_at`: when the grant's state was read, by default the request's
+    arrival; after this request's own revocation, what revoke_sessions returned."""
     practice = await store.get_practice(conn, user["practice_id"])
-    return signed_in(c, user, practice, status=status, **extra)
+    return signed_in(c, user, practice, status=status, granted_at=granted_at, **extra)
 
 
-def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200, **extra: Any) -> web.Response:
+def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200, granted_at: datetime | None = None,
+              **extra: Any) -> web.Response:
     """session_answer when the caller already has the user's practice (login reads both at once)."""
     body = {
-        "grant": grant(user, restriction_for(c.settings, user, c.now)),
+        "grant": grant(user, restriction_for(c.settings, user, c.now), granted_at or c.received_at),
         "user": public_user(c.settings, user, practice, c.now),
         **extra,
     }
@@ -278,5 +287,12 @@ def refuse(violations: list[policy.Violation]) -> ApiError:
     )
 
 
-async def revoke_sessions(conn: asyncpg.Connection, user_id: uuid.UUID, reason: str) -> None:
-    await outbox.add(conn, SessionsRevoked(user_id=user_id, reason=reason))
+async def revoke_sessions(conn: asyncpg.Connection, user_id: uuid.UUID, reason: str) -> datetime:
+    """Announce that every session of the user granted until now must end. The user row is
+    locked first, so the event is dated after any concurrent login that read the old state
+    (logins lock the row too): that login's grant is older and the gateway ends its session
+    even if the event reaches it first. Returns a moment after the revocation, the date of a
+    grant this transaction makes next (a fresh session after a password change survives)."""
+    await store.lock_user(conn, user_id)
+    envelope = await outbox.add(conn, SessionsRevoked(user_id=user_id, reason=reason))
+    return envelope.occurred_at + timedelta(microseconds=1)

@@ -74,6 +74,11 @@ async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID | str | None, *,
     return await conn.fetchrow("SELECT * FROM users WHERE id = $1" + (" FOR UPDATE" if for_update else ""), uid)
 
 
+async def lock_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    """Lock the user row until the caller's transaction ends (a no-op if it already holds it)."""
+    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+
+
 async def get_user_by_email(conn: asyncpg.Connection, email: str, *, for_update: bool = False) -> Record | None:
     """With for_update, the row is locked and, if its email changed while this waited for the
     lock, not returned (PostgreSQL re-checks the condition on the new row version)."""

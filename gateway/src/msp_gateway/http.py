@@ -29,7 +29,7 @@ from .config import GatewaySettings
 from .deadlines import Deadlines
 from .routing import PREFIX, UNSAFE_METHODS, is_upload, service_for
 from .session_rules import SessionPolicy, idle_expires_at, seconds_left
-from .sessions import BadGrant, Session, SessionManager
+from .sessions import BadGrant, GrantRevoked, Session, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,10 @@ async def _sign_in(request: web.Request, gw: Gateway, status: int, data: dict[st
     except BadGrant:
         log.error("auth-service sent an unusable grant", extra={"path": request.path})
         raise ApiError(502, "service_unavailable", "The sign-in service answered unexpectedly.")
+    except GrantRevoked:
+        # The account changed (password, lock, role) while this sign-in was on its way.
+        log.warning("grant older than a revocation refused", extra={"path": request.path})
+        raise ApiError(401, "session_expired", "Your session has ended. Please sign in again.")
     body = {k: v for k, v in data.items() if k != "grant"}
     body.update(session_state(gw, cookie, session))
     response = web.json_response(body, status=status)

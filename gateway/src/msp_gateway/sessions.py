@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
@@ -23,6 +23,12 @@ from .session_rules import SessionPolicy, ended, needs_touch
 from .store import SessionRow
 
 MAX_CACHED = 100_000
+# How long a revocation is remembered, and the oldest grant accepted: a grant reaches the
+# gateway within its upstream deadline (seconds), so an hour leaves room for any clock skew.
+REVOCATION_MEMORY = timedelta(hours=1)
+# A grant dated further ahead than this would escape the revocations of that span: auth-service's
+# clock is wrong, and signing in fails (loudly) rather than weakening revocation.
+GRANT_CLOCK_SKEW = timedelta(minutes=2)
 
 
 def token_hash(cookie_value: str) -> bytes:
@@ -46,6 +52,29 @@ class Session:
 
 class BadGrant(ValueError):
     """auth-service answered a grant the gateway cannot use."""
+
+
+class GrantRevoked(Exception):
+    """A revocation of the user's sessions newer than the grant arrived first: no session."""
+
+
+def _grant_date(value: object) -> datetime | None:
+    """The grant's date (ISO 8601 with a zone), or None from an auth-service that sends none
+    (rolling update). Real time, compared with revocation dates; refused if older than the
+    revocations still remembered (they could no longer end it) or too far ahead."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("granted_at")
+    dated = datetime.fromisoformat(value)
+    if dated.tzinfo is None:
+        raise ValueError("granted_at has no time zone")
+    now = datetime.now(timezone.utc)
+    if dated < now - REVOCATION_MEMORY:
+        raise ValueError("granted_at is too old")
+    if dated > now + GRANT_CLOCK_SKEW:
+        raise ValueError("granted_at is in the future: is auth-service's clock right?")
+    return dated
 
 
 class SessionManager:
@@ -127,6 +156,7 @@ class SessionManager:
             restriction = grant.get("restriction")
             if restriction is not None and not isinstance(restriction, str):
                 raise TypeError("restriction")
+            granted_at = _grant_date(grant.get("granted_at"))
         except (KeyError, TypeError, ValueError) as exc:
             raise BadGrant(str(exc)) from exc
         cookie_value = secrets.token_urlsafe(32)
@@ -139,8 +169,11 @@ class SessionManager:
             restriction=restriction,
             created_at=now,
             last_seen_at=now,
+            granted_at=granted_at,
         )
         row.created_wall = await store.insert_session(self._pool, row, client_ip=client_ip, user_agent=user_agent)
+        if row.created_wall is None:
+            raise GrantRevoked(str(user_id))
         session = Session(row, now, now, time.monotonic())
         self._cache[row.token_hash] = session
         return cookie_value, session
@@ -171,7 +204,7 @@ class SessionManager:
     def _evict_user(self, user_id: uuid.UUID, created_before: datetime) -> None:
         self._generation += 1
         for key, s in list(self._cache.items()):
-            if s.row.user_id == user_id and (s.row.created_wall is None or s.row.created_wall <= created_before):
+            if s.row.user_id == user_id and (s.row.dated is None or s.row.dated <= created_before):
                 del self._cache[key]
 
     async def purge(self, now: datetime) -> int:
@@ -179,6 +212,7 @@ class SessionManager:
             del self._cache[key]
         # Rows idle past the limit as far as the database knows; a replica holding newer
         # activity for a row has written it within touch_every, so the margin keeps it.
+        await store.forget_revocations(self._pool, older_than=REVOCATION_MEMORY)
         return await store.purge_expired(
             self._pool,
             idle_cutoff=now - self._policy.idle - self._policy.touch_every,
