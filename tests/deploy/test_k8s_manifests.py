@@ -169,3 +169,62 @@ def test_production_never_runs_on_a_dev_secret(resources: list, package: str) ->
     from_secrets = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     missing = [name for name, envs in needed.items() if not envs & from_secrets]
     assert not missing, f"{package}: secret settings left on their dev default in production: {missing}"
+
+
+@pytest.mark.parametrize("package", sorted(SERVICES))
+def test_each_service_starts_on_its_manifest_and_never_on_the_dev_secrets(resources: list, package: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's settings, read from exactly what its Deployment gives it (ConfigMaps, and
+    the Secrets' example values made real), validate; the same without the Secrets refuse to
+    start, naming each secret left at its published development value."""
+    import base64
+    import importlib
+    import inspect
+    import os
+
+    from pydantic import ValidationError
+
+    from msp_shared.config import ServiceSettings, env_name
+
+    configmaps = {doc["metadata"]["name"]: doc.get("data", {}) for _, doc in resources if doc["kind"] == "ConfigMap"}
+    example = {(doc["metadata"]["name"], key): value for path, doc in resources
+               if doc["kind"] == "Secret" and path.name == "secrets.example.yaml" for key, value in doc["stringData"].items()}
+    (container,) = _find(resources, "Deployment", package.removeprefix("msp_"))["spec"]["template"]["spec"]["containers"]
+    plain: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        plain.update(configmaps[source["configMapRef"]["name"]])
+    from_secrets: dict[str, str] = {}
+    for env in container["env"]:
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            plain[env["name"]] = env["value"]
+            continue
+        value = example[(ref["name"], ref["key"])]
+        # What an operator puts in place of CHANGE-ME: random bytes, in the shape the example shows.
+        fresh = base64.b64encode(os.urandom(32)).decode()
+        from_secrets[env["name"]] = value.replace("CHANGE-ME-32-random-bytes-base64", fresh).replace(
+            "CHANGE-ME-48-random-bytes-base64", fresh + "x" * 16).replace("CHANGE-ME", fresh)
+    module = importlib.import_module(f"{package}.config")
+    (cls,) = [c for _, c in inspect.getmembers(module, inspect.isclass)
+              if issubclass(c, ServiceSettings) and c.__module__ == module.__name__]
+    for name in [n for n in os.environ if n.startswith("MSP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(REPO / "deploy")  # no .env file here
+    for name, value in plain.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:  # the ConfigMaps alone: dev secrets, refused
+        cls()
+    left = str(refused.value)
+    assert "development values" in left and "MSP_IDENTITY_SECRET" in left and "MSP_SEAL_KEY" in left
+
+    for name, value in from_secrets.items():
+        monkeypatch.setenv(name, value)
+    settings = cls()
+    assert not settings.public_url.startswith(("http://127.0.0.1", "http://localhost"))
+    assert {env_name(cls, name) for name in settings.secrets_in_use()} <= set(from_secrets)
+    monkeypatch.delenv("MSP_IDENTITY_SECRET")  # one left out: refused, printing none of the others
+    with pytest.raises(ValidationError) as again:
+        cls()
+    assert "MSP_IDENTITY_SECRET" in str(again.value)
+    printed = str(again.value)  # pydantic would show the input's first and last characters
+    assert not [name for name, value in from_secrets.items() if value[:12] in printed or value[-12:] in printed]

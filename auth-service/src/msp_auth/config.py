@@ -87,3 +87,6 @@ class AuthSettings(ServiceSettings):
         SecretStr(DEV_SUPPORT_PASSWORD),
         description="Initial password of the seeded Support user (env MSP_SEED_SUPPORT_PASSWORD); must meet the policy.",
     )
+
+    def secrets_in_use(self) -> tuple[str, ...]:
+        return (*super().secrets_in_use(), "verify_secret", "seed_support_password")

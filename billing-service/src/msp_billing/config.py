@@ -47,3 +47,6 @@ class BillingSettings(ServiceSettings):
         "their invoices to themselves (MSP_AUTH_URL).",
     )
     auth_timeout_seconds: float = Field(10.0, description="Timeout of a call to auth-service (MSP_AUTH_TIMEOUT_SECONDS).")
+
+    def secrets_in_use(self) -> tuple[str, ...]:
+        return (*super().secrets_in_use(), "stripe_api_key", "stripe_webhook_secret")

@@ -109,3 +109,6 @@ class MailSettings(ServiceSettings):
         if self.mail_retry_first_delay_seconds <= 0 or self.mail_retry_max_delay_seconds < self.mail_retry_first_delay_seconds:
             raise ValueError("retry delays must be positive and max >= first")
         return self
+
+    def secrets_in_use(self) -> tuple[str, ...]:
+        return (*super().secrets_in_use(), "attachment_master_keys")

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class DevSmtpSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     dev_smtp_host: str = Field("127.0.0.1", description="Interface the dev SMTP server binds to (MSP_DEV_SMTP_HOST).")
     dev_smtp_port: int = Field(2525, description="Port of the dev SMTP server (MSP_DEV_SMTP_PORT).")

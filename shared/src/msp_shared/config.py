@@ -5,17 +5,24 @@ Every setting is read from the environment (prefix MSP_) or a `.env` file. Secre
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_IDENTITY_SECRET = "dev-only-identity-secret-change-me-in-production"
 DEV_VERIFY_SECRET = "dev-only-verification-secret-change-me-in-production"
 DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktMzItYnl0ZXMtbG9uZyE="  # base64 of 32 bytes, dev only
+# public_url hosts no real deployment can have, where development secrets are allowed: this
+# machine, and the special-use names for testing that public DNS never resolves (RFC 6761).
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+TESTING_DOMAINS = (".localhost", ".test", ".invalid")
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused setting must not print the others, secrets among them,
+    # into the start-up log (pydantic's error shows the input otherwise).
+    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     service_name: str = Field("service", description="Name used in logs, traces and queue names.")
     http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
@@ -71,3 +78,39 @@ class ServiceSettings(BaseSettings):
     public_url: str = Field("http://127.0.0.1:8080", description="Where users open the portal (links in emails).")
     dev_outbox: str = Field("var/outbox", description="Dev outbox folder: local mail and SMS land here.")
     phone_default_region: str = Field("US", description="Region assumed for phone numbers written without +country code.")
+
+    def secrets_in_use(self) -> tuple[str, ...]:
+        """Names of the secret settings this service uses; each subclass adds its own."""
+        return ("identity_secret", "seal_key")
+
+    @model_validator(mode="after")
+    def _no_development_secrets_in_public(self) -> "ServiceSettings":
+        """A secret left at its development default is public knowledge (it is in this
+        repository): refuse to start with one unless the portal is on this machine or a testing name."""
+        host = (urlsplit(self.public_url).hostname or "").lower().rstrip(".")
+        if host in LOCAL_HOSTS or host.endswith(TESTING_DOMAINS):
+            return self
+        left = [env_name(type(self), name) for name in self.secrets_in_use() if _is_default(self, name)]
+        if left:
+            raise ValueError(
+                f"public_url is {self.public_url} but these secrets still have their development values "
+                f"(published in the source code): set {', '.join(left)}"
+            )
+        return self
+
+
+def _is_default(settings: BaseSettings, name: str) -> bool:
+    default = type(settings).model_fields[name].default
+    value = getattr(settings, name)
+    if default is None or value is None:
+        return False
+    reveal = lambda v: v.get_secret_value() if isinstance(v, SecretStr) else v  # noqa: E731
+    return reveal(value) == reveal(default)
+
+
+def env_name(settings_class: type[BaseSettings], name: str) -> str:
+    """The environment variable a setting is read from."""
+    alias = settings_class.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return "MSP_" + name.upper()

@@ -21,7 +21,7 @@ DEV_TWILIO_FROM = "+15005550006"  # Twilio's documented "valid From" test number
 class TwilioCredentials(BaseSettings):
     """The Twilio account, shared by verify-service (client) and the local Twilio server."""
 
-    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MSP_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     twilio_account_sid: str = Field(DEV_TWILIO_ACCOUNT_SID, description="Twilio Account SID (AC...).")
     twilio_auth_token: SecretStr = Field(
@@ -85,6 +85,10 @@ class VerifySettings(ServiceSettings, TwilioCredentials):
 
     def origin_host(self) -> str:
         return self.sms_origin_host or urlsplit(self.public_url).hostname or "localhost"
+
+    def secrets_in_use(self) -> tuple[str, ...]:
+        twilio = ("twilio_auth_token",) if self.sms_transport == "twilio" else ()
+        return (*super().secrets_in_use(), "verify_secret", *twilio)
 
 
 class TwilioLocalSettings(TwilioCredentials):
