@@ -356,6 +356,33 @@ async def test_password_rules_history_of_six_and_expiry_after_90_days(stack: Sta
     await b.close()
 
 
+async def test_an_expired_password_still_lets_the_same_browser_reset_it_or_sign_in_as_someone_else(stack: Stack) -> None:
+    """A restricted session only narrows what its own user may do: the signed-out flows (forgot
+    password, the emailed reset link, signing in) work in the same browser, as the help page's
+    way out of an expired password needs."""
+    support = await support_browser(stack)
+    await open_practice(support, "Expiry Dental", "ezra@expiry.example", None, two_step=False)
+    user = await register(stack, "ezra@expiry.example", None, channel=None)
+    b = user.browser
+    stack.clock.advance(days=90)
+    status, body, _ = await b.login(user.email, PASSWORD)
+    assert status == 200 and body["restriction"] == "password_expired"
+    assert (await b.call("GET", "/practice/users"))[0] == 403  # the session's own user is restricted
+    status, body, _ = await b.call("GET", f"/invitations/{'x' * 43}")
+    assert status == 404 and body["error"] == "invitation_invalid"  # read like a signed-out visitor
+
+    status, body = await reset_by_email(stack, user.email, None, NEW_PASSWORD, browser=b)
+    assert status == 200 and body["restriction"] is None, body
+    assert (await b.call("GET", "/practice/users"))[0] == 200
+
+    stack.clock.advance(days=91)  # expired again; signing in as another account in this browser
+    assert (await b.login(user.email, NEW_PASSWORD))[1]["restriction"] == "password_expired"
+    status, body, _ = await b.login(SUPPORT_EMAIL, SUPPORT_PASSWORD)
+    assert status == 200 and body["user"]["email"] == SUPPORT_EMAIL  # (its own password has expired too by now)
+    await support.close()
+    await b.close()
+
+
 # ---- tokens and codes -----------------------------------------------------------------------------------
 
 async def test_replayed_expired_and_foreign_links_and_codes_are_refused(stack: Stack) -> None:

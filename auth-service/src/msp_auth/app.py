@@ -38,6 +38,14 @@ ALLOWED_WHEN_RESTRICTED: dict[str, frozenset[tuple[str, str]]] = {
 # Public reading, the same for everyone and open to signed-out visitors: a restricted session
 # may read it too (the Terms of Use it accepted, for one).
 PUBLIC_READS = ("/terms",)
+# The signed-out flows never act on the session's user, so its restriction does not apply: with
+# an expired password, "Forgot password" or a reset link opened in the same browser must work,
+# and so must signing in (as anyone; the gateway replaces the session).
+SIGNED_OUT_FLOWS = frozenset({
+    ("POST", "/session"), ("POST", "/password/forgot"), ("POST", "/password/reset/verification"),
+    ("POST", "/password/reset"), ("POST", "/registrations"),
+})
+SIGNED_OUT_READS = ("/invitations/",)
 RESTRICTION_MESSAGES = {
     PASSWORD_EXPIRED: "Your password has expired. Choose a new one to continue.",
     VERIFICATION_REQUIRED: "Confirm your phone number with the code we send you to continue.",
@@ -50,8 +58,12 @@ async def restriction_middleware(request: web.Request, handler):  # noqa: ANN001
     restriction = ident.extra.get("restriction") if ident is not None and ident.authenticated else None
     if restriction:
         allowed = ALLOWED_WHEN_RESTRICTED.get(restriction, frozenset({("GET", "/me")}))  # unknown: fail closed
-        public = request.method == "GET" and any(request.path == p or request.path.startswith(p + "/") for p in PUBLIC_READS)
-        if (request.method, request.path) not in allowed and not public:
+        public = request.method == "GET" and (
+            any(request.path == p or request.path.startswith(p + "/") for p in PUBLIC_READS)
+            or request.path.startswith(SIGNED_OUT_READS)
+        )
+        signed_out_flow = (request.method, request.path) in SIGNED_OUT_FLOWS
+        if (request.method, request.path) not in allowed and not public and not signed_out_flow:
             raise ApiError(403, restriction, RESTRICTION_MESSAGES.get(restriction, "This session cannot do that yet."))
     return await handler(request)
 
