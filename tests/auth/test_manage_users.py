@@ -7,6 +7,7 @@ import json
 import asyncpg
 import pytest
 
+
 from auth_kit import GOOD_PASSWORD, Auth
 
 UM_ROLES = ("member", "user_manager")
@@ -77,6 +78,22 @@ async def test_user_manager_edits_invited_users_toggles_two_step_and_sends_nothi
     taken = await auth.call("PATCH", f"/practice/users/{invited}", {"email": "STAFF@b.example"}, who=who)
     assert taken.status == 409 and taken.body["error"] == "email_taken"
     assert {r["action"] for r in await auth.audit()} >= {"invited_user_edited", "two_step_changed"}
+    # Asking whether an address has an account leaves a trace Support can see.
+    [refused] = [r for r in await auth.audit("invited_user_edited") if r["outcome"] == "refused"]
+    assert json.loads(refused["details"])["reason"] == "email_taken" and refused["subject_id"] == invited
+
+
+async def test_an_invited_users_email_must_be_an_address_mail_can_be_sent_to(auth: Auth, world: dict) -> None:
+    who = auth.user_identity(world["um"])
+    invited = world["invited"]["id"]
+    for bad in ("not an address", "a<b@a.example", "x@a.example, y@a.example", " right@a.example"):
+        resp = await auth.call("PATCH", f"/practice/users/{invited}", {"email": bad}, who=who)
+        assert resp.status == 400 and "email" in resp.body["details"]["fields"], (bad, resp.body)
+    # One saved before addresses were checked this way is refused clearly, not with a 500.
+    await auth.pool.execute("UPDATE users SET email = 'a<b@a.example' WHERE id = $1", invited)
+    resp = await auth.call("POST", f"/practice/users/{invited}/reinvite", who=who)
+    assert resp.status == 409 and resp.body["error"] == "invalid_email"
+    assert await auth.emails("invitation") == []
 
 
 async def test_correcting_an_invited_users_email_kills_the_link_sent_to_the_wrong_address(auth: Auth, world: dict) -> None:

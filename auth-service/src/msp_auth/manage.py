@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from msp_shared import outbox, phones
 from msp_shared.errors import ApiError, forbidden, not_found
 from msp_shared.events import UserRegistered, UserRolesChanged
+from msp_shared.mailer import ADDRESS
 from msp_shared.web import read_model, require_user
 
 from . import store
@@ -47,13 +48,13 @@ class Model(BaseModel):
 
 class ManagedUserPatch(Model):
     two_step_required: bool | None = None
-    email: str | None = Field(None, min_length=3, max_length=320)
+    email: str | None = Field(None, min_length=3, max_length=320, pattern=ADDRESS.pattern)
     phone: str | None = Field(None, max_length=40)
     cell_phone: str | None = Field(None, max_length=40)
 
 
 class NewUser(Model):
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: str = Field(min_length=3, max_length=320, pattern=ADDRESS.pattern)
     first_name: str = Field("", max_length=100)
     last_name: str = Field("", max_length=100)
     phone: str | None = Field(None, max_length=40)
@@ -111,6 +112,7 @@ def in_practice_list(target: asyncpg.Record | None, practice_id: uuid.UUID) -> b
     return target["invited_by_practice"] == practice_id and target["status"] in NOT_FULLY_REGISTERED
 
 
+EMAIL_TAKEN = ApiError(409, "email_taken", "Another account already uses this email address.")
 ADDRESSED_BY_OTHERS = ApiError(
     409, "addressed_by_other_practices",
     "Other practices have also written to this address, so its details cannot be changed here. "
@@ -212,15 +214,24 @@ async def patch_practice_user(request: web.Request) -> web.Response:
 async def _refuse_contact_edit(conn: asyncpg.Connection, c: Ctx, body: ManagedUserPatch, target: asyncpg.Record,
                                practice_id: uuid.UUID) -> ApiError | None:
     """A change of an invited user's email or phones that another practice's messages forbid
-    (see addressed_by_others): audited, to be raised once the audit row is committed."""
+    (see addressed_by_others), or to an address another account has: audited, to be raised
+    once the audit row is committed. The second tells a User Manager that an address has an
+    account, as writing to it would; the audit trail shows Support who keeps asking."""
     if target["status"] not in NOT_FULLY_REGISTERED:
         return None  # the registered-user refusal answers (_patch)
     changing = _contact_changes(body, target, c)
-    if not changing or not await addressed_by_others(conn, target, practice_id):
+    if not changing:
+        return None
+    if await addressed_by_others(conn, target, practice_id):
+        refusal, reason = ADDRESSED_BY_OTHERS, "addressed_by_other_practices"
+    elif ("email" in changing and target["status"] == "invited"
+          and await store.email_taken(conn, changing["email"], except_user=target["id"])):
+        refusal, reason = EMAIL_TAKEN, "email_taken"
+    else:
         return None
     await c.audit(conn, "invited_user_edited", outcome="refused", subject=target["id"],
-                  practice_id=target["practice_id"], fields=sorted(changing), reason="addressed_by_other_practices")
-    return ADDRESSED_BY_OTHERS
+                  practice_id=target["practice_id"], fields=sorted(changing), reason=reason)
+    return refusal
 
 
 def _contact_changes(body: ManagedUserPatch, target: asyncpg.Record, c: Ctx) -> dict[str, Any]:
@@ -253,9 +264,7 @@ async def _patch(conn: asyncpg.Connection, c: Ctx, body: ManagedUserPatch, targe
                            "Registered users edit their own contact details in their profile; here only an invited "
                            "user's email, and the phone numbers of a user who has not verified a phone yet.")
         edits = _contact_changes(body, target, c)
-        if new_email:
-            if await store.email_taken(conn, new_email, except_user=target["id"]):
-                raise ApiError(409, "email_taken", "Another account already uses this email address.")
+        if new_email:  # not taken: _refuse_contact_edit looked, on the locked row
             changes["email"] = new_email
         if "phone" in edits:
             changes["phone"] = edits["phone"]
@@ -309,6 +318,8 @@ async def reinvite_practice_user(request: web.Request) -> web.Response:
                 if not own:
                     raise not_found("No such user.")
                 raise ApiError(409, "already_registered", "This user has already registered.")
+            if not ADDRESS.match(target["email"]):  # saved before addresses were checked as mail is
+                raise ApiError(409, "invalid_email", "This user's email address is not valid. Correct it, then re-invite.")
             listed = support or in_practice_list(target, actor["practice_id"])
             wait = None if support else await reinvite_wait(conn, target["id"], c.now)
             if wait is None:

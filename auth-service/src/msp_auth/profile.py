@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from msp_shared import phones
 from msp_shared.errors import ApiError
-from msp_shared.mailer import request_email
+from msp_shared.mailer import ADDRESS, request_email
 from msp_shared.web import read_model, require_user
 
 from . import store, tokens
@@ -28,7 +28,7 @@ _ZONES = frozenset(available_timezones())
 class ProfilePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str | None = Field(None, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: str | None = Field(None, min_length=3, max_length=320, pattern=ADDRESS.pattern)
     first_name: str | None = Field(None, min_length=1, max_length=100)
     last_name: str | None = Field(None, min_length=1, max_length=100)
     phone: str | None = Field(None, max_length=40)

@@ -67,7 +67,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = exception_response(request, exc)
         if response is None:
             raise
+        _forget_frames(exc)
         return response
+
+
+def _forget_frames(exc: BaseException) -> None:
+    """Drop the traceback of an error turned into an answer. Errors raised again and again are
+    often one shared instance (INVALID_CREDENTIALS...), and Python adds each raise's frames to
+    the instance's traceback: every failed login would stay in memory, typed password included."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
 
 
 def identity_middleware(secret: bytes, clock: Clock, *, exempt: frozenset[tuple[str, str]] = frozenset()) -> Callable:
