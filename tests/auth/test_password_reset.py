@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
 from msp_auth.app import prune_spent_secrets
 from msp_auth.keys import AUTH_SETTINGS
@@ -161,24 +160,26 @@ async def test_spent_proofs_and_old_link_digests_are_pruned_and_a_replay_still_f
     assert await auth.pool.fetchval("SELECT count(*) FROM tokens") == 0
 
 
-async def test_grants_and_revocations_are_dated_so_the_gateway_can_order_them(auth: Auth) -> None:
-    """A grant made before a revocation is dated before it (the gateway ends its session even if
-    the event arrives first); the fresh grant a password change answers is dated after its own
-    revocation (that session stays)."""
+async def test_each_revocation_raises_the_epoch_that_grants_carry(auth: Auth) -> None:
+    """The gateway ends exactly the sessions granted before a revocation by comparing epochs: a
+    grant made before one carries a lower epoch than its event; the fresh grant a password
+    change answers carries the new epoch (that session stays)."""
     user = await auth.make_user("ola@example.org")
     who = auth.user_identity(user)
     before = await auth.login("ola@example.org", GOOD_PASSWORD)
     changed = await auth.call("POST", "/me/password", {"current_password": GOOD_PASSWORD, "new_password": NEW}, who=who)
     assert changed.status == 200, changed.body
-    [revoked] = await auth.events("auth.sessions.revoked")
-    revoked_at = datetime.fromisoformat(revoked["occurred_at"])
-    assert datetime.fromisoformat(before.body["grant"]["granted_at"]) < revoked_at
-    assert datetime.fromisoformat(changed.body["grant"]["granted_at"]) > revoked_at
+    for n in range(1, 6):  # the 5th wrong password locks: another revocation
+        await auth.login("ola@example.org", f"Wrong-{n}-Pass!")
+    revoked = [(e["data"]["reason"], e["data"]["epoch"]) for e in await auth.events("auth.sessions.revoked")]
+    assert revoked == [("password_changed", 1), ("locked", 2)]
+    assert (before.body["grant"]["epoch"], changed.body["grant"]["epoch"]) == (0, 1)
+    assert (await auth.user(user["id"]))["session_epoch"] == 2
 
 
-async def test_a_login_racing_a_password_change_is_refused_or_dated_before_it(auth: Auth) -> None:
+async def test_a_login_racing_a_password_change_is_refused_or_granted_below_its_epoch(auth: Auth) -> None:
     """The attacker's race: signing in with the old password while the owner changes it. Either
-    the login sees the new password (refused) or its grant is older than the revocation."""
+    the login sees the new password (refused) or its grant's epoch is below the revocation's."""
     user = await auth.make_user("pat@example.org")
     who = auth.user_identity(user)
     passwords = [GOOD_PASSWORD] + [f"Cobalt-Orchard-{n}?" for n in range(1, 7)]
@@ -188,8 +189,9 @@ async def test_a_login_racing_a_password_change_is_refused_or_dated_before_it(au
             auth.call("POST", "/me/password", {"current_password": old, "new_password": new}, who=who),
         )
         assert change.status == 200, change.body
-        revoked_at = datetime.fromisoformat((await auth.events("auth.sessions.revoked"))[n]["occurred_at"])
+        revoked_epoch = (await auth.events("auth.sessions.revoked"))[n]["data"]["epoch"]
+        assert revoked_epoch == n + 1 == change.body["grant"]["epoch"]
         if login.status == 200:
-            assert datetime.fromisoformat(login.body["grant"]["granted_at"]) < revoked_at
+            assert login.body["grant"]["epoch"] < revoked_epoch
         else:
             assert login.status == 401 and login.body["error"] == "invalid_credentials"

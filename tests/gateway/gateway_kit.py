@@ -9,7 +9,6 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
@@ -32,6 +31,8 @@ USERS = {
 SEEN = web.AppKey("seen", list)
 # Open (set) normally; a test clears it to hold login answers (a grant still on its way).
 LOGIN_GATE = web.AppKey("login_gate", asyncio.Event)
+# Each user's session epoch as auth-service would grant it (how many revocations they had).
+EPOCHS = web.AppKey("epochs", dict)
 FILE_SIZE = 1024 * 1024 + 17
 
 
@@ -52,11 +53,10 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 15
         await asyncio.sleep(0.02)
 
 
-def _grant(email: str, granted_at: datetime) -> dict:
-    """As auth-service grants: dated by the request's arrival, before any account state is read."""
+def _grant(email: str, epoch: int) -> dict:
     user_id, roles, restriction = USERS[email]
     return {"user_id": str(user_id), "practice_id": str(PRACTICE), "roles": roles, "restriction": restriction,
-            "granted_at": granted_at.isoformat()}
+            "epoch": epoch}
 
 
 def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: ANN001
@@ -66,6 +66,7 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
     app[SEEN] = []
     app[LOGIN_GATE] = asyncio.Event()
     app[LOGIN_GATE].set()
+    app[EPOCHS] = {}
 
     def record(request: web.Request) -> None:
         request.app[SEEN].append(
@@ -74,23 +75,23 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
         )
 
     async def login(request: web.Request) -> web.Response:
-        arrived = datetime.now(timezone.utc)
         record(request)
-        await request.app[LOGIN_GATE].wait()
         body = await request.json()
         email = str(body.get("email", "")).lower()
+        epoch = request.app[EPOCHS].get(email, 0)  # read with the account, before the answer travels
+        await request.app[LOGIN_GATE].wait()
         if email == "locked@example.com" and body.get("password") == PASSWORD:
             return web.json_response({"error": "account_locked", "message": "Locked.", "details": {}}, status=423)
         if email not in USERS or body.get("password") != PASSWORD:
             return web.json_response(
                 {"error": "invalid_credentials", "message": "Wrong email or password.", "details": {}}, status=401
             )
-        return web.json_response({"grant": _grant(email, arrived), "user": {"id": str(USERS[email][0]), "email": email}})
+        return web.json_response({"grant": _grant(email, epoch), "user": {"id": str(USERS[email][0]), "email": email}})
 
     async def registration(request: web.Request) -> web.Response:
-        arrived = datetime.now(timezone.utc)
         record(request)
-        return web.json_response({"grant": _grant("bob@example.com", arrived), "user": {"id": str(BOB)}}, status=201)
+        grant = _grant("bob@example.com", request.app[EPOCHS].get("bob@example.com", 0))
+        return web.json_response({"grant": grant, "user": {"id": str(BOB)}}, status=201)
 
     async def echo(request: web.Request) -> web.Response:
         record(request)

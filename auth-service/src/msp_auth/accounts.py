@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -49,11 +49,6 @@ class Ctx:
     blocklist: frozenset[str]
     identity: Identity
     now: datetime
-    # Real time when this request arrived, before it read any account state (not `now`, the
-    # app's clock, which tests move). A session it grants is dated by it: the gateway ends
-    # it for any revocation that occurred later, so a grant can never outlive a revocation
-    # it did not see (revocations lock the user row before they are dated, see revoke_sessions).
-    received_at: datetime
 
     @property
     def ip(self) -> str | None:
@@ -93,7 +88,6 @@ def ctx(request: web.Request) -> Ctx:
         blocklist=app[BLOCKLIST],
         identity=current_identity(request),
         now=clock.now(),
-        received_at=datetime.now(timezone.utc),
     )
 
 
@@ -119,13 +113,16 @@ def restriction_for(settings: AuthSettings, user: asyncpg.Record, now: datetime)
     return None
 
 
-def grant(user: asyncpg.Record, restriction: str | None, granted_at: datetime) -> dict[str, Any]:
+def grant(user: asyncpg.Record, restriction: str | None) -> dict[str, Any]:
+    """What the gateway makes a session of. `epoch`: the user's revocation count as read with
+    the rest, under the user's row lock (every grant path holds it), so a revocation this grant
+    did not see has a higher epoch and ends its session (see revoke_sessions)."""
     return {
         "user_id": str(user["id"]),
         "practice_id": str(user["practice_id"]) if user["practice_id"] else None,
         "roles": list(user["roles"]),
         "restriction": restriction,
-        "granted_at": granted_at.isoformat(),
+        "epoch": user["session_epoch"],
     }
 
 
@@ -173,19 +170,17 @@ def public_user(settings: AuthSettings, user: asyncpg.Record, practice: asyncpg.
 
 
 async def session_answer(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record, *, status: int = 200,
-                         granted_at: datetime | None = None, **extra: Any) -> web.Response:
+                         **extra: Any) -> web.Response:
     """The answer of every endpoint that signs a user in: the grant for the gateway, the profile
-    for the client. `granted_at`: when the grant's state was read, by default the request's
-    arrival; after this request's own revocation, what revoke_sessions returned."""
+    for the client."""
     practice = await store.get_practice(conn, user["practice_id"])
-    return signed_in(c, user, practice, status=status, granted_at=granted_at, **extra)
+    return signed_in(c, user, practice, status=status, **extra)
 
 
-def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200, granted_at: datetime | None = None,
-              **extra: Any) -> web.Response:
+def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200, **extra: Any) -> web.Response:
     """session_answer when the caller already has the user's practice (login reads both at once)."""
     body = {
-        "grant": grant(user, restriction_for(c.settings, user, c.now), granted_at or c.received_at),
+        "grant": grant(user, restriction_for(c.settings, user, c.now)),
         "user": public_user(c.settings, user, practice, c.now),
         **extra,
     }
@@ -287,12 +282,10 @@ def refuse(violations: list[policy.Violation]) -> ApiError:
     )
 
 
-async def revoke_sessions(conn: asyncpg.Connection, user_id: uuid.UUID, reason: str) -> datetime:
-    """Announce that every session of the user granted until now must end. The user row is
-    locked first, so the event is dated after any concurrent login that read the old state
-    (logins lock the row too): that login's grant is older and the gateway ends its session
-    even if the event reaches it first. Returns a moment after the revocation, the date of a
-    grant this transaction makes next (a fresh session after a password change survives)."""
-    await store.lock_user(conn, user_id)
-    envelope = await outbox.add(conn, SessionsRevoked(user_id=user_id, reason=reason))
-    return envelope.occurred_at + timedelta(microseconds=1)
+async def revoke_sessions(conn: asyncpg.Connection, user_id: uuid.UUID, reason: str) -> None:
+    """Every session of the user granted until now must end: raise the user's session epoch
+    (locking the row, so a login reading the old state commits first with the old epoch, or
+    waits and reads the new state) and announce the new one. A grant this transaction makes
+    next (a fresh session after a password change) carries the new epoch and stays."""
+    epoch = await store.raise_session_epoch(conn, user_id)
+    await outbox.add(conn, SessionsRevoked(user_id=user_id, reason=reason, epoch=epoch))

@@ -245,9 +245,9 @@ async def reset_password(request: web.Request) -> web.Response:
             if was_locked:
                 await c.audit(conn, "account_unlocked", actor=user["id"], subject=user["id"],
                               practice_id=user["practice_id"], by="password_reset")
-            revoked = await revoke_sessions(conn, user["id"], "password_reset")
+            await revoke_sessions(conn, user["id"], "password_reset")
             user = await store.get_user(conn, user["id"])
-            return await session_answer(conn, c, user, granted_at=revoked)
+            return await session_answer(conn, c, user)
 
 
 async def change_password(request: web.Request) -> web.Response:
@@ -274,9 +274,9 @@ async def change_password(request: web.Request) -> web.Response:
                 raise ACCOUNT_LOCKED
             await store.set_password(conn, user["id"], new_hash, c.now)
             await c.audit(conn, "password_changed", subject=user["id"], practice_id=user["practice_id"])
-            revoked = await revoke_sessions(conn, user["id"], "password_changed")
+            await revoke_sessions(conn, user["id"], "password_changed")
             user = await store.get_user(conn, user["id"])
-            return await session_answer(conn, c, user, granted_at=revoked)
+            return await session_answer(conn, c, user)
 
 
 # ---- invitations and registration --------------------------------------------------------------

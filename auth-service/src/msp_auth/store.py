@@ -74,9 +74,11 @@ async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID | str | None, *,
     return await conn.fetchrow("SELECT * FROM users WHERE id = $1" + (" FOR UPDATE" if for_update else ""), uid)
 
 
-async def lock_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
-    """Lock the user row until the caller's transaction ends (a no-op if it already holds it)."""
-    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+async def raise_session_epoch(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
+    """One more revocation of the user's sessions (migration 0007); the row stays locked until
+    the caller's transaction ends. Returns the new epoch."""
+    return await conn.fetchval("UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1 RETURNING session_epoch",
+                               user_id)
 
 
 async def get_user_by_email(conn: asyncpg.Connection, email: str, *, for_update: bool = False) -> Record | None:

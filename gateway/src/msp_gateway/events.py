@@ -41,13 +41,14 @@ def subscribe(app: web.Application, bus: Bus) -> None:
         assert isinstance(event, SessionsRevoked)
         sessions = app[GATEWAY].sessions
         assert sessions is not None
-        ended = await sessions.revoke_user(event.user_id, created_before=envelope.occurred_at)
+        ended = await sessions.revoke_user(event.user_id, min_epoch=event.epoch, created_before=envelope.occurred_at)
         log.info("sessions revoked", extra={"user_id": str(event.user_id), "reason": event.reason, "ended": ended})
 
     async def delete_session_rows(envelope: Envelope) -> None:
         event = envelope.payload()
         assert isinstance(event, SessionsRevoked)
-        await store.delete_user_sessions(app[POOL], event.user_id, created_before=envelope.occurred_at)
+        await store.delete_user_sessions(app[POOL], event.user_id, min_epoch=event.epoch,
+                                         created_before=envelope.occurred_at)
 
     bus.subscribe(GROUP_ROWS, [SessionsRevoked.TYPE], delete_session_rows)
     bus.subscribe(GROUP, [SessionsRevoked.TYPE], drop_cached_sessions, per_replica=True)

@@ -13,8 +13,9 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -23,12 +24,9 @@ from .session_rules import SessionPolicy, ended, needs_touch
 from .store import SessionRow
 
 MAX_CACHED = 100_000
-# How long a revocation is remembered, and the oldest grant accepted: a grant reaches the
-# gateway within its upstream deadline (seconds), so an hour leaves room for any clock skew.
+# How long a revocation is remembered: a grant reaches the gateway within its upstream
+# deadline (seconds) of being made, so an older grant cannot arrive after an hour.
 REVOCATION_MEMORY = timedelta(hours=1)
-# A grant dated further ahead than this would escape the revocations of that span: auth-service's
-# clock is wrong, and signing in fails (loudly) rather than weakening revocation.
-GRANT_CLOCK_SKEW = timedelta(minutes=2)
 
 
 def token_hash(cookie_value: str) -> bytes:
@@ -58,23 +56,14 @@ class GrantRevoked(Exception):
     """A revocation of the user's sessions newer than the grant arrived first: no session."""
 
 
-def _grant_date(value: object) -> datetime | None:
-    """The grant's date (ISO 8601 with a zone), or None from an auth-service that sends none
-    (rolling update). Real time, compared with revocation dates; refused if older than the
-    revocations still remembered (they could no longer end it) or too far ahead."""
+def _grant_epoch(value: object) -> int | None:
+    """auth-service's session epoch of the grant (how many revocations the user had), or None
+    from an auth-service that sends none (rolling update)."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise TypeError("granted_at")
-    dated = datetime.fromisoformat(value)
-    if dated.tzinfo is None:
-        raise ValueError("granted_at has no time zone")
-    now = datetime.now(timezone.utc)
-    if dated < now - REVOCATION_MEMORY:
-        raise ValueError("granted_at is too old")
-    if dated > now + GRANT_CLOCK_SKEW:
-        raise ValueError("granted_at is in the future: is auth-service's clock right?")
-    return dated
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("epoch")
+    return value
 
 
 class SessionManager:
@@ -156,7 +145,7 @@ class SessionManager:
             restriction = grant.get("restriction")
             if restriction is not None and not isinstance(restriction, str):
                 raise TypeError("restriction")
-            granted_at = _grant_date(grant.get("granted_at"))
+            epoch = _grant_epoch(grant.get("epoch"))
         except (KeyError, TypeError, ValueError) as exc:
             raise BadGrant(str(exc)) from exc
         cookie_value = secrets.token_urlsafe(32)
@@ -169,11 +158,13 @@ class SessionManager:
             restriction=restriction,
             created_at=now,
             last_seen_at=now,
-            granted_at=granted_at,
+            epoch=epoch,
         )
         row.created_wall = await store.insert_session(self._pool, row, client_ip=client_ip, user_agent=user_agent)
         if row.created_wall is None:
             raise GrantRevoked(str(user_id))
+        if epoch:  # the database ended the user's sessions of older epochs: so does this cache
+            self._evict(lambda r: r.user_id == user_id and r.epoch is not None and r.epoch < epoch)
         session = Session(row, now, now, time.monotonic())
         self._cache[row.token_hash] = session
         return cookie_value, session
@@ -188,23 +179,27 @@ class SessionManager:
     async def end_cookie(self, cookie_value: str, *, reason: str, ip: str | None = None) -> None:
         await self.end(token_hash(cookie_value), reason=reason, ip=ip)
 
-    async def revoke_user(self, user_id: uuid.UUID, *, created_before: datetime) -> int:
-        """End every session of a user that existed at `created_before` (real time, the
+    async def revoke_user(self, user_id: uuid.UUID, *, min_epoch: int | None, created_before: datetime) -> int:
+        """End every session of a user granted below `min_epoch` (auth-service's revocation
+        count; for sessions or events without one: created at or before `created_before`, the
         revocation's occurred_at), in the database and in this replica's cache.
 
         The bound matters: auth-service revokes and grants a fresh session in one answer (password
         change or reset), and the event may arrive after the gateway made that new session."""
-        self._evict_user(user_id, created_before)
-        ended = await store.delete_user_sessions(self._pool, user_id, created_before=created_before)
+        self._evict_user(user_id, min_epoch=min_epoch, created_before=created_before)
+        ended = await store.delete_user_sessions(self._pool, user_id, min_epoch=min_epoch, created_before=created_before)
         # A cache miss that read the row after the first eviction but before the delete committed
         # has cached it again (its generation matched): evict once more now the row is gone.
-        self._evict_user(user_id, created_before)
+        self._evict_user(user_id, min_epoch=min_epoch, created_before=created_before)
         return ended
 
-    def _evict_user(self, user_id: uuid.UUID, created_before: datetime) -> None:
-        self._generation += 1
+    def _evict_user(self, user_id: uuid.UUID, *, min_epoch: int | None, created_before: datetime) -> None:
+        self._evict(lambda r: r.user_id == user_id and r.revoked_by(min_epoch=min_epoch, before=created_before))
+
+    def _evict(self, ended_row: Callable[[SessionRow], bool]) -> None:
+        self._generation += 1  # a read in flight is neither joined nor cached
         for key, s in list(self._cache.items()):
-            if s.row.user_id == user_id and (s.row.dated is None or s.row.dated <= created_before):
+            if ended_row(s.row):
                 del self._cache[key]
 
     async def purge(self, now: datetime) -> int:

@@ -25,12 +25,13 @@ class SessionRow:
     created_at: datetime
     last_seen_at: datetime
     created_wall: datetime | None = None  # set by the database on insert
-    granted_at: datetime | None = None  # auth-service's date of the grant (None: older releases)
+    epoch: int | None = None  # auth-service's session epoch of the grant (None: older releases)
 
-    @property
-    def dated(self) -> datetime | None:
-        """What a revocation is compared with: the grant's date, else the row's creation."""
-        return self.granted_at or self.created_wall
+    def revoked_by(self, *, min_epoch: int | None, before: datetime) -> bool:
+        """Whether a revocation (epoch, and time for sessions or events without one) ends it."""
+        if self.epoch is not None and min_epoch is not None:
+            return self.epoch < min_epoch
+        return self.created_wall is None or self.created_wall <= before
 
 
 _COLUMNS = "token_hash, id, user_id, practice_id, roles, restriction, created_at, last_seen_at"
@@ -47,24 +48,25 @@ def _row(record: asyncpg.Record) -> SessionRow:
         created_at=record["created_at"],
         last_seen_at=record["last_seen_at"],
         created_wall=record["created_wall"],
-        granted_at=record["granted_at"],
+        epoch=record["epoch"],
     )
 
 
 async def insert_session(pool: asyncpg.Pool, row: SessionRow, *, client_ip: str | None,
                          user_agent: str | None) -> datetime | None:
-    """Store a new session; returns its created_wall, or None (nothing stored) when a revocation
-    newer than its grant is already known (migration 0005). An asynchronous commit (migration
-    0004: a crash may sign out the sessions of its last moments, nothing worse)."""
+    """Store a new session; returns its created_wall, or None (nothing stored) when its grant's
+    epoch is revoked already. A grant at a newer epoch ends the user's older sessions (migration
+    0005). An asynchronous commit (migration 0004: a crash may sign out the sessions of its
+    last moments, nothing worse)."""
     return await pool.fetchval(
         "SELECT insert_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         row.token_hash, row.id, row.user_id, row.practice_id, list(row.roles), row.restriction,
-        row.created_at, row.last_seen_at, client_ip, (user_agent or "")[:200] or None, row.granted_at,
+        row.created_at, row.last_seen_at, client_ip, (user_agent or "")[:200] or None, row.epoch,
     )
 
 
 async def get_session(pool: asyncpg.Pool, token_hash: bytes) -> SessionRow | None:
-    record = await pool.fetchrow(f"SELECT {_COLUMNS}, created_wall, granted_at FROM sessions WHERE token_hash = $1", token_hash)
+    record = await pool.fetchrow(f"SELECT {_COLUMNS}, created_wall, epoch FROM sessions WHERE token_hash = $1", token_hash)
     return _row(record) if record else None
 
 
@@ -88,16 +90,19 @@ async def end_session(pool: asyncpg.Pool, token_hash: bytes, *, reason: str, ip:
                                                 last_seen_at=row["last_seen_at"]))
 
 
-async def delete_user_sessions(pool: asyncpg.Pool, user_id: uuid.UUID, *, created_before: datetime) -> int:
-    """End a user's sessions granted at or before `created_before` (real time, the revocation's
-    date) and remember it, so that such a grant arriving later makes no session (migration
-    0005). A session granted after the revocation (the new one after a password change) stays."""
-    return await pool.fetchval("SELECT revoke_user_sessions($1, $2)", user_id, created_before)
+async def delete_user_sessions(pool: asyncpg.Pool, user_id: uuid.UUID, *, min_epoch: int | None,
+                               created_before: datetime) -> int:
+    """End a user's sessions granted below `min_epoch` (auth-service's revocation count; for a
+    session or event without epochs: created at or before `created_before`, the revocation's
+    time) and remember the epoch, so that an older grant arriving later makes no session
+    (migration 0005). A session granted after the revocation (the new one after a password
+    change) stays."""
+    return await pool.fetchval("SELECT revoke_user_sessions($1, $2, $3)", user_id, created_before, min_epoch)
 
 
 async def forget_revocations(pool: asyncpg.Pool, *, older_than: timedelta) -> None:
-    """Revocations are remembered only as long as a grant dated before them could still arrive."""
-    await pool.execute("DELETE FROM session_revocations WHERE revoked_before < clock_timestamp() - $1::interval", older_than)
+    """Revocations are remembered only as long as a grant made before them could still arrive."""
+    await pool.execute("DELETE FROM session_revocations WHERE recorded_at < clock_timestamp() - $1::interval", older_than)
 
 
 PURGE_BATCH = 1000

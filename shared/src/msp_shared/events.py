@@ -121,12 +121,15 @@ class EmailSent(EventData):
 
 @event
 class SessionsRevoked(EventData):
-    """auth-service: every session of this user must end now (password change/reset,
-    lock, role change, account disabled)."""
+    """auth-service: every session of this user granted before now must end (password
+    change/reset, lock, role change, account disabled). `epoch`: the user's revocation count
+    after this one; sessions granted at a lower epoch end (None from releases before epochs:
+    then those created before the event occurred)."""
 
     TYPE = "auth.sessions.revoked"
     user_id: uuid.UUID
     reason: str
+    epoch: int | None = Field(None, ge=1)
 
 
 @event
