@@ -7,6 +7,7 @@ import json
 import asyncpg
 import pytest
 
+from msp_shared import phones
 
 from auth_kit import GOOD_PASSWORD, Auth
 
@@ -94,6 +95,19 @@ async def test_an_invited_users_email_must_be_an_address_mail_can_be_sent_to(aut
     resp = await auth.call("POST", f"/practice/users/{invited}/reinvite", who=who)
     assert resp.status == 409 and resp.body["error"] == "invalid_email"
     assert await auth.emails("invitation") == []
+
+
+async def test_a_user_manager_cannot_give_a_premium_rate_number_for_codes(auth: Auth, world: dict) -> None:
+    """The invited user's code would go to it: refused (SMS pumping / toll fraud), saying why."""
+    who = auth.user_identity(world["um"])
+    invited = world["invited"]["id"]
+    for patch, field in [({"phone": "+1 900 222 3333"}, "phone"), ({"cell_phone": "1-800-222-3333"}, "cell_phone")]:
+        resp = await auth.call("PATCH", f"/practice/users/{invited}", patch, who=who)
+        assert resp.status == 400 and resp.body["error"] == "invalid_input", resp.body
+        assert resp.body["details"]["fields"] == {field: phones.NOT_FOR_CODES}
+    assert (await auth.user(invited))["phone"] == world["invited"]["phone"]
+    fixed = await auth.call("PATCH", f"/practice/users/{invited}", {"phone": "202-555-0189"}, who=who)
+    assert fixed.status == 200 and fixed.body["user"]["phone"] == "+12025550189"
 
 
 async def test_correcting_an_invited_users_email_kills_the_link_sent_to_the_wrong_address(auth: Auth, world: dict) -> None:
@@ -222,6 +236,9 @@ async def test_support_edits_practice_details_users_cannot(auth: Auth, world: di
     bad = await auth.call("PATCH", f"/admin/practices/{pid}", {"phone": "call the front desk"}, who=support)
     assert bad.status == 400 and list(bad.body["details"]["fields"]) == ["phone"]
     assert (await auth.call("GET", f"/admin/practices/{pid}", who=support)).body["practice"]["phone"] == "+12025550123"
+    # An office's toll-free line is fine (no code ever goes to a practice's number); a person's is not.
+    toll_free = await auth.call("PATCH", f"/admin/practices/{pid}", {"phone": "1-800-222-3333"}, who=support)
+    assert toll_free.status == 200 and toll_free.body["practice"]["phone"] == "+18002223333"
 
 
 async def test_audit_trail_readable_as_json_and_csv_and_append_only(auth: Auth, world: dict) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from msp_auth.keys import AUTH_SETTINGS, SEALER
 from msp_auth.tasks import send_expiry_warnings
+from msp_shared import phones
 from msp_shared.web import CLOCK, POOL
 
 from auth_kit import Auth, token_from_link
@@ -45,6 +46,22 @@ async def test_new_phone_needs_a_proof_before_it_replaces_the_old(auth: Auth) ->
     assert done.status == 200 and done.body["user"]["phone"] == "+12025550188"
     assert (await auth.call("POST", "/me/phone", {"proof": proof}, who=who)).status == 400  # replay
     assert len(await auth.audit("profile_phone_changed")) == 1
+
+
+async def test_premium_rate_and_toll_free_numbers_are_refused_naming_the_field(auth: Auth) -> None:
+    """SMS pumping / toll fraud: codes never go to such numbers, so they are not taken as
+    anyone's phone; the person is told why, next to the field."""
+    user = await auth.make_user("uma@example.org", phone="+12025550123")
+    who = auth.user_identity(user)
+    for field, number in [("phone", "+1 900 222 3333"), ("phone", "(800) 222-3333"), ("cell_phone", "+44 909 879 0000")]:
+        resp = await auth.call("PATCH", "/me", {field: number}, who=who)
+        assert resp.status == 400 and resp.body["error"] == "invalid_input", resp.body
+        assert resp.body["details"]["fields"] == {field: phones.NOT_FOR_CODES}
+    assert await auth.audit("verification_ticket_issued") == []  # no code was offered for the number
+    got = await auth.user(user["id"])
+    assert (got["phone"], got["cell_phone"]) == ("+12025550123", user["cell_phone"])
+    mobile = await auth.call("PATCH", "/me", {"cell_phone": "+44 7911 123456"}, who=who)
+    assert mobile.status == 200 and mobile.body["user"]["cell_phone"] == "+447911123456"
 
 
 async def test_new_email_is_confirmed_by_a_link_sent_to_it(auth: Auth) -> None:

@@ -99,6 +99,7 @@ async def test_a_new_recipient_gets_the_numbers_the_sender_entered_an_existing_a
     assert form.body["phone_hint"].endswith("61")
 
     for phones, field in [({"new2@example.org": {"phone": "12"}}, "phones.new2@example.org.phone"),
+                          ({"new2@example.org": {"cell_phone": "+1 900 222 3333"}}, "phones.new2@example.org.cell_phone"),
                           ({"stranger@example.org": {"phone": "202-555-0163"}}, "phones.stranger@example.org")]:
         bad = await auth.call("POST", "/internal/recipients", {
             "emails": ["new2@example.org"], "sender_id": str(sender["id"]), "phones": phones}, who=SERVICE)

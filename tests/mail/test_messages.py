@@ -304,6 +304,8 @@ async def test_the_sender_enters_a_new_recipients_phone_numbers(stack: Stack) ->
     known = await stack.user("dr.known@other.example", await stack.practice("Other Ortho"))
 
     for phones, field in [({"new.patient@example.org": {"phone": "555"}}, "recipient_phones.new.patient@example.org.phone"),
+                          ({"new.patient@example.org": {"phone": "+1 900 222 3333"}},  # premium rate: no codes
+                           "recipient_phones.new.patient@example.org.phone"),
                           ({"someone.else@example.org": {"phone": "202-555-0171"}}, "recipient_phones.someone.else@example.org")]:
         refused = await stack.send(sender, ["new.patient@example.org"], [("x.pdf", PDF)], recipient_phones=phones)
         assert refused.status == 400 and list(refused.body["details"]["fields"]) == [field], refused.body

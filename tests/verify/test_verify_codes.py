@@ -86,6 +86,25 @@ async def test_an_invalid_phone_number_is_a_clear_400_and_nothing_is_sent(verify
     assert verify.sms() == []
 
 
+@pytest.mark.parametrize("raw", ["+1 900 222 3333", "+44 909 879 0000", "+1 800 222 3333"])
+@pytest.mark.parametrize("channel", ["sms", "call"])
+async def test_a_premium_rate_or_toll_free_number_is_a_400_and_nothing_is_sent(verify: Verify, raw: str,
+                                                                              channel: str) -> None:
+    """SMS pumping / toll fraud: a ticket naming such a number (auth-service refuses them when
+    they are entered; one stored before that still reaches here) sends nothing and records no
+    verification."""
+    reply = await verify.send(verify.ticket(uuid.uuid4(), raw), channel)
+    assert reply.status == 400, reply.body
+    assert reply.body["error"] == "invalid_phone"
+    assert "premium-rate, toll-free" in reply.body["message"] and "mobile or landline" in reply.body["message"]
+    assert verify.sms() == []  # the dev outbox: neither a text nor a call
+    conn = await verify.db()
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM verifications") == 0
+    finally:
+        await conn.close()
+
+
 async def test_an_unknown_channel_is_refused_with_the_dial_tree_caveat(verify: Verify) -> None:
     reply = await verify.send(verify.ticket(uuid.uuid4(), phone(105)), "pigeon")
     assert reply.status == 400 and reply.body["error"] == "invalid_channel"
@@ -261,9 +280,51 @@ async def test_audit_records_sends_and_checks_without_codes_or_phones(verify: Ve
         envelopes = [Envelope.model_validate_json(r["envelope"]) for r in await conn.fetch(
             "SELECT envelope FROM outbox ORDER BY created_at, id")]
         assert [e.type for e in envelopes] == ["verify.code.sent", "verify.code.checked", "verify.code.checked"]
-        assert [e.data.get("outcome") for e in envelopes] == [None, "wrong_code", "ok"]
+        assert [e.data["outcome"] for e in envelopes] == ["sent", "wrong_code", "ok"]
         assert all(e.data["user_id"] == str(user) for e in envelopes)
+        # the client's address; no actor: nobody was signed in (the ticket names the subject)
+        assert [(e.data["ip"], e.data["actor_id"]) for e in envelopes] == [("198.51.100.9", None)] * 3
+        assert all(e.data["verification_id"] == reply.body["id"] for e in envelopes)
         dumped = " ".join(e.model_dump_json() for e in envelopes)
         assert code not in dumped and "5550119" not in dumped
     finally:
         await conn.close()
+
+
+async def outbox_events(verify: Verify, type_: str) -> list[dict]:
+    conn = await verify.db()
+    try:
+        rows = await conn.fetch("SELECT envelope FROM outbox ORDER BY created_at, id")
+    finally:
+        await conn.close()
+    envelopes = [Envelope.model_validate_json(r["envelope"]) for r in rows]
+    return [e.data for e in envelopes if e.type == type_]
+
+
+async def test_a_signed_in_requester_is_the_events_actor(verify: Verify) -> None:
+    user = uuid.uuid4()
+    reply = await verify.send(verify.ticket(user, phone(120), "phone_change"), user_id=str(user), ip="2001:db8::5")
+    assert reply.status == 201, reply.body
+    assert (await verify.check(reply.body["id"], verify.last_code(), user_id=str(user), ip="2001:db8::6")).status == 200
+    [sent] = await outbox_events(verify, "verify.code.sent")
+    assert (sent["actor_id"], sent["user_id"], sent["ip"], sent["outcome"], sent["purpose"], sent["channel"]) == (
+        str(user), str(user), "2001:db8::5", "sent", "phone_change", "sms")
+    [checked] = await outbox_events(verify, "verify.code.checked")
+    assert (checked["actor_id"], checked["ip"], checked["outcome"]) == (str(user), "2001:db8::6", "ok")
+
+
+async def test_checks_of_someone_elses_verification_are_announced_as_not_yours(verify: Verify) -> None:
+    victim, attacker = uuid.uuid4(), uuid.uuid4()
+    reply = await verify.send(verify.ticket(victim, phone(121), "password_reset"))
+    code = verify.last_code()
+    assert (await verify.check(reply.body["id"], code, user_id=str(attacker), ip="192.0.2.66")).status == 404
+    assert (await verify.check(reply.body["id"], code, ip="192.0.2.67",
+                               ticket=verify.ticket(attacker, phone(122)))).status == 404
+    checked = await outbox_events(verify, "verify.code.checked")
+    assert [(c["outcome"], c["user_id"], c["actor_id"], c["ip"], c["verification_id"], c["purpose"])
+            for c in checked] == [
+        ("not_yours", str(victim), str(attacker), "192.0.2.66", reply.body["id"], "password_reset"),
+        # anonymous, holding the attacker's own ticket: no signed-in actor, the address is kept
+        ("not_yours", str(victim), None, "192.0.2.67", reply.body["id"], "password_reset"),
+    ]
+    assert code not in str(checked)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from msp_verify.app import prune_verifications
+from msp_shared.events import Envelope
 from msp_verify.config import VerifySettings
 from verify_helpers import Verify, phone
 
@@ -76,8 +77,54 @@ async def test_refused_sends_are_audited(start_verify: Start) -> None:
             "code.sent", "too_many_codes_from_ip", "192.0.2.9", "11"
         )
         assert row["verification_id"] is None
+        # ...and announced, in the same transaction, for the audit trail Support reads
+        envelopes = [Envelope.model_validate_json(r["envelope"]) for r in await conn.fetch(
+            "SELECT envelope FROM outbox ORDER BY created_at, id")]
     finally:
         await conn.close()
+    assert [e.type for e in envelopes] == ["verify.code.sent", "verify.code.sent"]
+    refused = envelopes[1].data
+    assert refused == {
+        "user_id": str(user), "verification_id": None, "purpose": "registration", "channel": "sms",
+        "outcome": "too_many_codes_from_ip", "ip": "192.0.2.9", "actor_id": None,
+    }
+    assert envelopes[0].data["outcome"] == "sent" and envelopes[0].data["verification_id"] is not None
+
+
+async def test_every_refusal_reason_is_announced_with_its_outcome(start_verify: Start) -> None:
+    verify = await start_verify(**{**LOOSE, "send_limit_per_phone": 2, "send_limit_per_user": 2})
+    user, signed_in = uuid.uuid4(), uuid.uuid4()
+    assert (await verify.send(verify.ticket(user, phone(212)), ip="192.0.2.10")).status == 201
+    too_soon = await verify.send(verify.ticket(user, phone(212)), user_id=str(signed_in), ip="192.0.2.11")
+    assert too_soon.status == 429 and too_soon.body["error"] == "resend_too_soon"
+    verify.clock.advance(seconds=31)
+    assert (await verify.send(verify.ticket(user, phone(213)), ip="192.0.2.10")).status == 201
+    verify.clock.advance(seconds=31)
+    for_user = await verify.send(verify.ticket(user, phone(214), "password_reset"), ip="192.0.2.12")
+    assert for_user.status == 429 and for_user.body["error"] == "too_many_codes_for_user"
+    assert (await verify.send(verify.ticket(uuid.uuid4(), phone(212)), ip="192.0.2.10")).status == 201
+    for_phone = await verify.send(verify.ticket(uuid.uuid4(), phone(212)), ip="192.0.2.13")
+    assert for_phone.status == 429 and for_phone.body["error"] == "too_many_codes_for_phone"
+
+    conn = await verify.db()
+    try:
+        envelopes = [Envelope.model_validate_json(r["envelope"]) for r in await conn.fetch(
+            "SELECT envelope FROM outbox ORDER BY created_at, id")]
+        audited = [r["outcome"] for r in await conn.fetch("SELECT outcome FROM audit ORDER BY id")]
+    finally:
+        await conn.close()
+    announced = [(e.data["outcome"], e.data["ip"], e.data["actor_id"], e.data["verification_id"] is None)
+                 for e in envelopes]
+    assert announced == [
+        ("sent", "192.0.2.10", None, False),
+        ("resend_too_soon", "192.0.2.11", str(signed_in), True),
+        ("sent", "192.0.2.10", None, False),
+        ("too_many_codes_for_user", "192.0.2.12", None, True),
+        ("sent", "192.0.2.10", None, False),
+        ("too_many_codes_for_phone", "192.0.2.13", None, True),
+    ]
+    assert audited == [a[0] for a in announced]  # verify's own audit is unchanged: one row each
+    assert len(verify.sms()) == 3
 
 
 async def test_code_rows_are_deleted_after_the_retention_and_the_audit_stays(start_verify: Start) -> None:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import phonenumbers
+import pytest
+
+from msp_shared import phones as shared_phones
 from msp_verify import codes, limits, messages, phones
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -65,3 +69,27 @@ def test_messages() -> None:
 def test_phone_hint_keeps_two_digits_at_most() -> None:
     assert phones.hint("+12015550142") == "42"
     assert phones.normalise("+1 201-555-0142") == "+12015550142"
+
+
+@pytest.mark.parametrize("raw, e164", [
+    ("+1 202 555 0100", "+12025550100"),   # US: FIXED_LINE_OR_MOBILE to phonenumbers
+    ("+44 7911 123456", "+447911123456"),  # UK mobile
+    ("+44 20 7946 0958", "+442079460958"),  # UK landline
+])
+def test_mobile_and_landline_numbers_can_receive_codes(raw: str, e164: str) -> None:
+    assert phones.normalise(raw) == e164
+
+
+@pytest.mark.parametrize("raw", [
+    "+1 900 222 3333",   # US premium rate
+    "+1 800 222 3333",   # US toll free
+    "+44 909 879 0000",  # UK premium rate
+    "+49 180 12345",     # German shared cost
+    "+1 500 555 0001",   # personal number (Twilio's magic test numbers)
+])
+def test_premium_toll_free_and_other_special_numbers_never_receive_codes(raw: str) -> None:
+    """The last check before a code is sent (SMS pumping / toll fraud): the same kinds
+    auth-service refuses when a number is entered (msp_shared.phones)."""
+    assert not shared_phones.receives_codes(phonenumbers.parse(raw, None))
+    with pytest.raises(phones.InvalidPhone, match="premium-rate, toll-free, shared-cost .*mobile or landline"):
+        phones.normalise(raw)

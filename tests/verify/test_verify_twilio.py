@@ -14,9 +14,10 @@ import pytest
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
+from msp_shared.events import Envelope
 from msp_verify.messages import call_twiml, spoken_text
 from msp_verify.transport import RedirectingHttpClient, TwilioTransport
-from verify_helpers import LocalTwilio, Verify, code_in, phone, read_sms
+from verify_helpers import DEFAULT_IP, LocalTwilio, Verify, code_in, phone, read_sms
 
 FROM = "+15005550006"
 
@@ -157,18 +158,30 @@ async def test_verify_service_sends_sms_and_calls_through_twilio(start_verify, l
     assert (await verify.check(call.body["id"], code_in(line))).status == 200
 
 
-async def test_an_unreachable_number_fails_cleanly_and_is_audited(start_verify, local_twilio: LocalTwilio) -> None:
+async def test_an_unreachable_number_fails_cleanly_and_is_audited(start_verify, local_twilio: LocalTwilio,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     verify = await _twilio_verify(start_verify, local_twilio)
     user = uuid.uuid4()
-    reply = await verify.send(verify.ticket(user, "+15005550001"), "sms")  # valid to phonenumbers, refused by Twilio
+    # Twilio's magic +15005550001 is a personal number, which verify-service never sends to:
+    # here an ordinary number is one Twilio refuses (a valid mobile or landline it still rejects).
+    refused = phone(310)
+    monkeypatch.setattr("msp_verify.twilio_local.MAGIC_TO_ERRORS",
+                        {refused: (21211, f"The 'To' number {refused} is not a valid phone number.")})
+    reply = await verify.send(verify.ticket(user, refused), "sms")  # valid to phonenumbers, refused by Twilio
     assert reply.status == 422 and reply.body["error"] == "phone_unreachable"
     assert reply.body["details"] == {"provider_code": 21211}
     conn = await verify.db()
     try:
         assert await conn.fetchval("SELECT status FROM verifications WHERE user_id = $1", user) == "failed"
         assert await conn.fetchval("SELECT outcome FROM audit WHERE user_id = $1", user) == "send_failed"
+        [event] = [Envelope.model_validate_json(r["envelope"]) for r in await conn.fetch("SELECT envelope FROM outbox")]
+        failed_id = await conn.fetchval("SELECT id FROM verifications WHERE user_id = $1", user)
     finally:
         await conn.close()
+    # announced for the audit trail Support reads, with the failed verification's id
+    assert event.type == "verify.code.sent"
+    assert event.data == {"user_id": str(user), "verification_id": str(failed_id), "purpose": "registration",
+                          "channel": "sms", "outcome": "send_failed", "ip": DEFAULT_IP, "actor_id": None}
     # A failed send does not hold the user back by the resend cooldown.
     verify.clock.advance(seconds=1)
     retry = await verify.send(verify.ticket(user, phone(308)), "sms")
@@ -181,3 +194,9 @@ async def test_bad_twilio_credentials_are_a_502_without_details(start_verify, lo
     assert reply.status == 502 and reply.body["error"] == "send_failed"
     assert "20003" not in str(reply.body) and "Authenticate" not in str(reply.body)
     assert local_twilio.received == [] and verify.sms() == []
+    conn = await verify.db()
+    try:
+        [event] = [Envelope.model_validate_json(r["envelope"]) for r in await conn.fetch("SELECT envelope FROM outbox")]
+    finally:
+        await conn.close()
+    assert (event.type, event.data["outcome"], event.data["ip"]) == ("verify.code.sent", "send_failed", DEFAULT_IP)

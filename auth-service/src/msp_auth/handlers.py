@@ -4,7 +4,9 @@ nothing):
 - billing.securemail.granted / revoked -> users.securemail_paid (the "paid" column of
   Manage Users), and an audit row (a purchase is a security event);
 - verify.code.sent / verify.code.checked -> audit rows, so the one audit trail Support reads
-  shows 2-step codes sent and checked (ids, purpose, channel, outcome; never code or number);
+  shows 2-step codes sent, refused (send limits: SMS pumping) or failed, and checked, refused
+  checks of another user's code included (ids, purpose, channel, outcome, client IP, the
+  signed-in actor if any, the subject's practice; never code or number);
 - gateway.session.ended -> an audit row: "logout" when the user ended the session (signing out,
   or signing in again over it), "session_expired" when the idle or absolute limit did."""
 from __future__ import annotations
@@ -47,15 +49,24 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
             actor_id=data.paid_by if granted else None, subject_id=user["id"], practice_id=user["practice_id"],
             details={"event_id": str(envelope.id)},
         )
-    elif isinstance(data, VerifyCodeSent):
+    elif isinstance(data, (VerifyCodeSent, VerifyCodeChecked)):
+        # The subject is whose code it is; the actor whoever was signed in when asking (None in
+        # anonymous flows: a password reset before signing in). The subject may be a user this
+        # service no longer has: then no practice.
+        user = await store.get_user(conn, data.user_id)
+        sent = isinstance(data, VerifyCodeSent)
+        details: dict[str, Any] = {
+            "purpose": data.purpose,
+            "verification_id": str(data.verification_id) if data.verification_id else None,  # None: refused
+        }
+        outcome = data.outcome
+        if sent:
+            details["channel"] = data.channel
+            outcome = "ok" if outcome == "sent" else outcome  # "ok", as every success in this trail
         await store.audit(
-            conn, at=at, action="verification_code_sent", actor_id=data.user_id, subject_id=data.user_id,
-            details={"purpose": data.purpose, "channel": data.channel, "verification_id": str(data.verification_id)},
-        )
-    elif isinstance(data, VerifyCodeChecked):
-        await store.audit(
-            conn, at=at, action="verification_code_checked", outcome=data.outcome, actor_id=data.user_id,
-            subject_id=data.user_id, details={"purpose": data.purpose, "verification_id": str(data.verification_id)},
+            conn, at=at, action="verification_code_sent" if sent else "verification_code_checked", outcome=outcome,
+            actor_id=data.actor_id, subject_id=data.user_id, practice_id=user["practice_id"] if user else None,
+            ip=data.ip, details=details,
         )
     elif isinstance(data, SessionEnded):
         by_user = data.reason in USER_ENDED

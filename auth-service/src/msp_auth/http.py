@@ -296,9 +296,9 @@ async def _phone_to_prove(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record
     the inviting practice corrects a wrong number in Manage Users until the phone is proven."""
     try:
         number = phones.normalize(typed, region=c.settings.phone_default_region) if typed else None
-    except phones.InvalidPhone:
+    except phones.InvalidPhone as exc:  # says why: not a number, or a kind codes never go to
         raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
-                       {"fields": {"phone": "Enter a valid phone number, with the area code."}}) from None
+                       {"fields": {"phone": str(exc)}}) from None
     try:
         return phone_to_prove(user, number)
     except PhoneNotOnFile:

@@ -157,14 +157,14 @@ def _user_id(request: web.Request) -> uuid.UUID:
         raise not_found() from None
 
 
-def _phone(raw: str | None, c: Ctx, field: str) -> str | None:
+def _phone(raw: str | None, c: Ctx, field: str, *, for_codes: bool = True) -> str | None:
     if raw is None or raw.strip() == "":
         return None
     try:
-        return phones.normalize(raw, region=c.settings.phone_default_region)
-    except phones.InvalidPhone:
+        return phones.normalize(raw, region=c.settings.phone_default_region, for_codes=for_codes)
+    except phones.InvalidPhone as exc:  # says why: not a number, or a kind codes never go to
         raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
-                       {"fields": {field: "Enter a valid phone number, with the area code."}}) from None
+                       {"fields": {field: str(exc)}}) from None
 
 
 # ---- shared actions ---------------------------------------------------------------------------------
@@ -359,7 +359,8 @@ async def open_practice(request: web.Request) -> web.Response:
         if await store.email_taken(conn, body.first_user.email):
             raise ApiError(409, "email_taken", "Another account already uses this email address.")
         practice = await store.create_practice(conn, name=body.name.strip(), address=body.address,
-                                               phone=_phone(body.phone, c, "phone") or "", identifiers=body.identifiers,
+                                               phone=_phone(body.phone, c, "phone", for_codes=False) or "",
+                                               identifiers=body.identifiers,
                                                now=c.now)
         user = await _invite_staff(conn, c, practice, body.first_user)
         await c.audit(conn, "practice_opened", practice_id=practice["id"])
@@ -426,7 +427,7 @@ async def patch_practice(request: web.Request) -> web.Response:
         require_support(await caller(conn, request))
         fields = {k: getattr(body, k) for k in body.model_fields_set if getattr(body, k) is not None}
         if "phone" in fields:  # E.164, as users' phones are
-            fields["phone"] = _phone(fields["phone"], c, "phone") or ""
+            fields["phone"] = _phone(fields["phone"], c, "phone", for_codes=False) or ""
         practice = await store.update_practice(conn, _practice_id(request), fields, c.now)
         if practice is None:
             raise not_found("No such practice.")

@@ -56,8 +56,8 @@ def _invalid(field: str, message: str) -> ApiError:
 def _normalize_phone(raw: str, region: str, field: str) -> str:
     try:
         return phones.normalize(raw, region=region)
-    except phones.InvalidPhone:
-        raise _invalid(field, "Enter a valid phone number, with the area code.") from None
+    except phones.InvalidPhone as exc:  # says why: not a number, or a kind codes never go to
+        raise _invalid(field, str(exc)) from None
 
 
 async def patch_me(request: web.Request) -> web.Response:

@@ -225,24 +225,44 @@ class SecureMailRevoked(EventData):
 
 @event
 class VerifyCodeSent(EventData):
-    """verify-service sent a 2-step code (ids only: never the code or the phone number)."""
+    """verify-service was asked for a 2-step code, for the audit trail: ids only, never the
+    code or the phone number. `outcome` is "sent", or why nothing reached the phone: a send
+    limit ("resend_too_soon", "too_many_codes_for_phone", "too_many_codes_for_user",
+    "too_many_codes_from_ip": refused before a code was made, so `verification_id` is None)
+    or the transport ("send_failed"). `ip` is the client's address and `actor_id` the
+    signed-in user who asked (None: anonymous, e.g. a password reset before signing in);
+    `user_id` is whose code it is.
+
+    `ip`, `actor_id` and `outcome` were added after the event was first published: they have
+    defaults, so events already queued still parse (and Registry.parse ignores them for
+    consumers still running the older model). A refused send carries `verification_id` None,
+    which older consumers refuse, so their bus retries it until a current replica takes it:
+    deploy auth-service (the consumer) before verify-service."""
 
     TYPE = "verify.code.sent"
     user_id: uuid.UUID
-    verification_id: uuid.UUID
+    verification_id: uuid.UUID | None
     purpose: str
     channel: str
+    outcome: str = "sent"
+    ip: str | None = None
+    actor_id: uuid.UUID | None = None
 
 
 @event
 class VerifyCodeChecked(EventData):
-    """A 2-step code was checked; outcome is "ok" or why it was refused."""
+    """A 2-step code was checked; outcome is "ok" or why it was refused ("wrong_code",
+    "code_expired", "too_many_attempts", ..., or "not_yours": someone else tried to check
+    `user_id`'s verification). `ip` and `actor_id` as in VerifyCodeSent (added later, with
+    defaults)."""
 
     TYPE = "verify.code.checked"
     user_id: uuid.UUID
     verification_id: uuid.UUID
     purpose: str
     outcome: str
+    ip: str | None = None
+    actor_id: uuid.UUID | None = None
 
 
 @event

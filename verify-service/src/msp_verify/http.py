@@ -98,6 +98,14 @@ async def send_code(request: web.Request) -> web.Response:
         channel=body.channel, ip=ip, phone_hint=phones.hint(phone),
     )
 
+    def sent_event(outcome: str, verification_id: uuid.UUID | None) -> events.VerifyCodeSent:
+        """For the audit trail Support reads (auth-service's): every send asked for, refused
+        and failed ones too (a burst of refusals is what SMS pumping looks like there)."""
+        return events.VerifyCodeSent(
+            user_id=ticket.user_id, verification_id=verification_id, purpose=ticket.purpose, channel=body.channel,
+            outcome=outcome, ip=ip, actor_id=ident.user_id,
+        )
+
     code, salt, verification_id = codes.new_code(settings.code_length), codes.new_salt(), uuid.uuid4()
     verification = store.Verification(
         id=verification_id, user_id=ticket.user_id, purpose=ticket.purpose, phone=phone, channel=body.channel,
@@ -114,6 +122,7 @@ async def send_code(request: web.Request) -> web.Response:
         refused = limits.refusal(history, send_limits(settings), now)
         if refused:
             await store.add_audit(conn, store.AuditEntry(**audit, outcome=refused.code))
+            await outbox.add(conn, sent_event(refused.code, None))  # no verification was made
         else:
             await store.supersede_pending(conn, user_id=ticket.user_id, purpose=ticket.purpose)
             await store.insert_verification(conn, verification)
@@ -133,6 +142,7 @@ async def send_code(request: web.Request) -> web.Response:
             await store.add_audit(
                 conn, store.AuditEntry(**audit, verification_id=verification.id, outcome="send_failed")
             )
+            await outbox.add(conn, sent_event("send_failed", verification.id))
         if exc.permanent:
             raise ApiError(
                 422, "phone_unreachable",
@@ -144,12 +154,7 @@ async def send_code(request: web.Request) -> web.Response:
 
     async with pool.acquire() as conn, conn.transaction():
         await store.add_audit(conn, store.AuditEntry(**audit, verification_id=verification.id, outcome="sent"))
-        await outbox.add(
-            conn,
-            events.VerifyCodeSent(
-                user_id=ticket.user_id, verification_id=verification.id, purpose=ticket.purpose, channel=body.channel
-            ),
-        )
+        await outbox.add(conn, sent_event("sent", verification.id))
     log.info("code sent", extra={"verification_id": str(verification.id), "channel": body.channel})
     answer = {
         "id": str(verification.id),
@@ -200,8 +205,16 @@ async def check_code(request: web.Request) -> web.Response:
             at=now, actor_id=ident.user_id, user_id=row.user_id, action="code.checked", verification_id=row.id,
             purpose=row.purpose, channel=row.channel, ip=ident.ip, phone_hint=phones.hint(row.phone),
         )
+
+        def checked_event(outcome: str) -> events.VerifyCodeChecked:
+            return events.VerifyCodeChecked(
+                user_id=row.user_id, verification_id=row.id, purpose=row.purpose, outcome=outcome,
+                ip=ident.ip, actor_id=ident.user_id,
+            )
+
         if checker is not None and checker != str(row.user_id):
             await store.add_audit(conn, store.AuditEntry(**audit, outcome="not_yours"))
+            await outbox.add(conn, checked_event("not_yours"))
             result = None
         else:
             matches = codes.code_matches(
@@ -217,12 +230,7 @@ async def check_code(request: web.Request) -> web.Response:
                     verified_at=now if result.outcome is codes.Outcome.OK else None,
                 )
             await store.add_audit(conn, store.AuditEntry(**audit, outcome=result.outcome.value))
-            await outbox.add(
-                conn,
-                events.VerifyCodeChecked(
-                    user_id=row.user_id, verification_id=row.id, purpose=row.purpose, outcome=result.outcome.value
-                ),
-            )
+            await outbox.add(conn, checked_event(result.outcome.value))
             if result.outcome is codes.Outcome.OK:
                 proof = signed.sign_claims(
                     {"user_id": str(row.user_id), "phone": row.phone, "purpose": row.purpose,
