@@ -111,4 +111,4 @@ class MailSettings(ServiceSettings):
         return self
 
     def secrets_in_use(self) -> tuple[str, ...]:
-        return (*super().secrets_in_use(), "attachment_master_keys")
+        return (*super().secrets_in_use(), "attachment_master_keys", "smtp_password", "s3_secret_access_key")

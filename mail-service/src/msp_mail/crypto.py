@@ -115,13 +115,20 @@ class MasterKeys:
 
     @classmethod
     def parse(cls, spec: str, current: str | None = None) -> "MasterKeys":
-        """`spec` is "kid1:base64key,kid2:base64key"; the last is current unless named."""
+        """`spec` is "kid1:base64key,kid2:base64key"; the last is current unless named.
+        An error names a bad entry by position (and kid), never by its text: it goes to the
+        start-up log, and an entry written without its kid, or the wrong way round, is a key."""
         keys: dict[str, bytes] = {}
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            kid, _, b64 = item.partition(":")
-            key = base64.b64decode(b64)
-            if len(key) != 32:
-                raise ValueError(f"master key {kid!r} must be 32 bytes")
+        for n, item in enumerate(filter(None, (part.strip() for part in spec.split(","))), 1):
+            kid, colon, b64 = item.partition(":")
+            # A kid is a short name; anything longer may be key material and is not shown.
+            where = f"entry {n} of MSP_ATTACHMENT_MASTER_KEYS" + (f" (kid {kid!r})" if colon and len(kid) <= 16 else "")
+            try:
+                key = base64.b64decode(b64)
+            except ValueError:
+                key = b""
+            if not colon or len(key) != 32:
+                raise ValueError(f"{where} must be written kid:base64 of a 32-byte key")
             keys[kid] = key
         if not keys:
             raise ValueError("no master key configured")

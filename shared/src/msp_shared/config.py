@@ -4,10 +4,11 @@ Every setting is read from the environment (prefix MSP_) or a `.env` file. Secre
 `SecretStr`, so they print as '**********' in logs and reprs."""
 from __future__ import annotations
 
+import base64
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_IDENTITY_SECRET = "dev-only-identity-secret-change-me-in-production"
@@ -17,6 +18,9 @@ DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktMzItYnl0ZXMtbG9uZyE="  # base64 of 32 by
 # machine, and the special-use names for testing that public DNS never resolves (RFC 6761).
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 TESTING_DOMAINS = (".localhost", ".test", ".invalid")
+PLACEHOLDER = "change-me"  # deploy/k8s/secrets.example.yaml's values, as public as the defaults
+HMAC_SECRETS = ("identity_secret", "verify_secret")  # need MIN_HMAC_SECRET_BYTES on a real site
+MIN_HMAC_SECRET_BYTES = 32
 
 
 class ServiceSettings(BaseSettings):
@@ -80,32 +84,67 @@ class ServiceSettings(BaseSettings):
     phone_default_region: str = Field("US", description="Region assumed for phone numbers written without +country code.")
 
     def secrets_in_use(self) -> tuple[str, ...]:
-        """Names of the secret settings this service uses; each subclass adds its own."""
-        return ("identity_secret", "seal_key")
+        """Names of the secret settings this service uses; each subclass adds its own. The URLs
+        carry the service's database and broker passwords (checked for the placeholder)."""
+        return ("identity_secret", "seal_key", "database_url", "amqp_url")
+
+    @field_validator("public_url")
+    @classmethod
+    def _one_unambiguous_host(cls, url: str) -> str:
+        """The host checked below must be the one browsers open: urlsplit reads
+        "https://portal.example.com\\@localhost/" as localhost, a browser as portal.example.com."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(
+                c in parts.netloc for c in "@\\"):
+            raise ValueError("MSP_PUBLIC_URL must be an http:// or https:// URL naming its host, with no '@' or '\\'")
+        return url
 
     @model_validator(mode="after")
     def _no_development_secrets_in_public(self) -> "ServiceSettings":
-        """A secret left at its development default is public knowledge (it is in this
-        repository): refuse to start with one unless the portal is on this machine or a testing name."""
+        """A secret left at its development default, in any form, or at the example's placeholder
+        is public knowledge (it is in this repository): refuse to start with one, or with a short
+        HMAC key, unless the portal is on this machine or a testing name. Never prints a secret."""
         host = (urlsplit(self.public_url).hostname or "").lower().rstrip(".")
         if host in LOCAL_HOSTS or host.endswith(TESTING_DOMAINS):
             return self
-        left = [env_name(type(self), name) for name in self.secrets_in_use() if _is_default(self, name)]
-        if left:
+        fields = type(self).model_fields
+        published = set().union(*(_meanings(f.default) for f in fields.values() if isinstance(f.default, SecretStr)))
+        in_use = [(name, _reveal(getattr(self, name))) for name in self.secrets_in_use() if getattr(self, name) is not None]
+        known = [name for name, text in in_use if PLACEHOLDER in text.lower() or _meanings(text) & published]
+        short = [name for name, text in in_use if name in HMAC_SECRETS and len(text.strip().encode()) < MIN_HMAC_SECRET_BYTES]
+        named = lambda names: ", ".join(env_name(type(self), name) for name in names)  # noqa: E731
+        if known:
             raise ValueError(
                 f"public_url is {self.public_url} but these secrets still have their development values "
-                f"(published in the source code): set {', '.join(left)}"
+                f"(published in the source code) or the example's CHANGE-ME placeholder: set {named(known)}"
             )
+        if short:
+            raise ValueError(f"public_url is {self.public_url}: {named(short)} must be at least "
+                             f"{MIN_HMAC_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)")
         return self
 
 
-def _is_default(settings: BaseSettings, name: str) -> bool:
-    default = type(settings).model_fields[name].default
-    value = getattr(settings, name)
-    if default is None or value is None:
-        return False
-    reveal = lambda v: v.get_secret_value() if isinstance(v, SecretStr) else v  # noqa: E731
-    return reveal(value) == reveal(default)
+def _reveal(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def _meanings(secret: SecretStr | str) -> set[str | bytes]:
+    """What a secret means to the code that reads it, so that one written differently still
+    matches: its text, stripped (an HMAC key, a password); its base64 decoding (b64decode skips
+    newlines and stray characters); and for a "kid:base64,..." key list, each entry's key (any
+    listed key unwraps)."""
+    text = _reveal(secret).strip()
+    meanings: set[str | bytes] = {text}
+    for encoded in [text, *(entry.partition(":")[2] for entry in text.split(",") if ":" in entry)]:
+        try:
+            meanings.add(base64.b64decode(encoded))
+        except ValueError:  # not base64 (binascii.Error, or not ASCII)
+            pass
+    return meanings - {"", b""}
 
 
 def env_name(settings_class: type[BaseSettings], name: str) -> str:
