@@ -1,4 +1,5 @@
--- A login granted just before a revocation must not leave a session behind.
+-- A login granted just before a revocation must not leave a session behind; a session
+-- granted just before the password expires is restricted once it has.
 --
 -- A revocation (password change or reset, lock, role change) must end every session granted on
 -- the state it replaced, including one whose grant is still on its way when the revocation
@@ -19,6 +20,9 @@
 -- 0004 stays for gateway replicas of the previous release until the rollout is complete.
 
 ALTER TABLE sessions ADD COLUMN epoch bigint;  -- auth-service's session epoch of the grant
+-- When the user's password expires: from then on the session is restricted to changing it,
+-- however long ago it was granted (NULL: no expiry, or a grant from before this migration).
+ALTER TABLE sessions ADD COLUMN password_expires_at timestamptz;
 
 CREATE TABLE session_revocations (
     user_id uuid PRIMARY KEY,
@@ -39,7 +43,8 @@ $$;
 -- revoked already.
 CREATE FUNCTION insert_session(
     p_token_hash bytea, p_id uuid, p_user_id uuid, p_practice_id uuid, p_roles text[], p_restriction text,
-    p_created_at timestamptz, p_last_seen_at timestamptz, p_client_ip text, p_user_agent text, p_epoch bigint
+    p_created_at timestamptz, p_last_seen_at timestamptz, p_client_ip text, p_user_agent text, p_epoch bigint,
+    p_password_expires_at timestamptz
 ) RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -59,9 +64,9 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO sessions (token_hash, id, user_id, practice_id, roles, restriction, created_at, last_seen_at,
-                          client_ip, user_agent, epoch)
+                          client_ip, user_agent, epoch, password_expires_at)
     VALUES (p_token_hash, p_id, p_user_id, p_practice_id, p_roles, p_restriction, p_created_at, p_last_seen_at,
-            p_client_ip, p_user_agent, p_epoch)
+            p_client_ip, p_user_agent, p_epoch, p_password_expires_at)
     RETURNING created_wall INTO wall;
     RETURN wall;
 END

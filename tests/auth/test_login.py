@@ -2,6 +2,8 @@
 password, 423 only for someone who knows the password, 90-day expiry."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from msp_auth.config import AuthSettings
 from msp_shared.clock import ManualClock
 from msp_shared.identity import Identity
@@ -14,6 +16,9 @@ async def test_right_password_signs_in_with_a_grant(auth: Auth) -> None:
     user = await auth.make_user("ann@brightsmiles.example", practice=practice, roles=("member", "user_manager"))
     resp = await auth.login("Ann@BrightSmiles.example", GOOD_PASSWORD)  # email is case-insensitive
     assert resp.status == 200, resp.body
+    # the gateway restricts the session from this moment on, however long ago it was granted
+    expires = datetime.fromisoformat(resp.body["grant"].pop("password_expires_at"))
+    assert expires == (await auth.user(user["id"]))["password_changed_at"] + timedelta(days=90)
     assert resp.body["grant"] == {
         "user_id": str(user["id"]), "practice_id": str(practice["id"]),
         "roles": ["member", "user_manager"], "restriction": None,

@@ -33,6 +33,8 @@ SEEN = web.AppKey("seen", list)
 LOGIN_GATE = web.AppKey("login_gate", asyncio.Event)
 # Each user's session epoch as auth-service would grant it (how many revocations they had).
 EPOCHS = web.AppKey("epochs", dict)
+# When a user's password expires, as auth-service's grant says (none unless a test sets one).
+PASSWORD_EXPIRES = web.AppKey("password_expires", dict)
 FILE_SIZE = 1024 * 1024 + 17
 
 
@@ -53,10 +55,10 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 15
         await asyncio.sleep(0.02)
 
 
-def _grant(email: str, epoch: int) -> dict:
+def _grant(email: str, epoch: int, password_expires_at: str | None = None) -> dict:
     user_id, roles, restriction = USERS[email]
     return {"user_id": str(user_id), "practice_id": str(PRACTICE), "roles": roles, "restriction": restriction,
-            "epoch": epoch}
+            "epoch": epoch, "password_expires_at": password_expires_at}
 
 
 def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: ANN001
@@ -67,6 +69,7 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
     app[LOGIN_GATE] = asyncio.Event()
     app[LOGIN_GATE].set()
     app[EPOCHS] = {}
+    app[PASSWORD_EXPIRES] = {}
 
     def record(request: web.Request) -> None:
         request.app[SEEN].append(
@@ -86,7 +89,8 @@ def upstream_app(settings: ServiceSettings, clock) -> web.Application:  # noqa: 
             return web.json_response(
                 {"error": "invalid_credentials", "message": "Wrong email or password.", "details": {}}, status=401
             )
-        return web.json_response({"grant": _grant(email, epoch), "user": {"id": str(USERS[email][0]), "email": email}})
+        grant = _grant(email, epoch, request.app[PASSWORD_EXPIRES].get(email))
+        return web.json_response({"grant": grant, "user": {"id": str(USERS[email][0]), "email": email}})
 
     async def registration(request: web.Request) -> web.Response:
         record(request)

@@ -15,7 +15,7 @@ from msp_shared.bus import Bus
 from msp_shared.events import SessionsRevoked, make_envelope
 from msp_shared.web import POOL
 
-from gateway_kit import ALICE, BOB, EPOCHS, LOGIN_GATE, PASSWORD, PRACTICE, SEEN, eventually
+from gateway_kit import ALICE, BOB, EPOCHS, LOGIN_GATE, PASSWORD, PASSWORD_EXPIRES, PRACTICE, SEEN, eventually
 
 
 async def _rows(database_url: str, sql: str, *args):
@@ -198,6 +198,21 @@ async def test_restriction_travels_to_services_in_the_identity(browser):
     assert resp.status == 200 and resp.body_json["restriction"] == "password_expired"
     status, echo, _ = await browser.get_json("/api/v1/me")
     assert status == 200 and echo["restriction"] == "password_expired"
+
+
+async def test_a_password_expiring_during_a_session_restricts_it_from_then_on(browser, upstream, clock):
+    """Signed in a minute before the password expires: the session is not free for its 12 hours;
+    once the password has expired it may only change it, as a session granted then would."""
+    upstream.app[PASSWORD_EXPIRES]["alice@example.com"] = (clock.now() + timedelta(minutes=1)).isoformat()
+    resp = await browser.login()
+    assert resp.status == 200 and resp.body_json["restriction"] is None
+    status, echo, _ = await browser.get_json("/api/v1/me")
+    assert status == 200 and echo["restriction"] is None
+    clock.advance(minutes=2)
+    status, echo, _ = await browser.get_json("/api/v1/me")
+    assert status == 200 and echo["restriction"] == "password_expired"  # what every service is told
+    status, state, _ = await browser.get_json("/api/v1/session?activity=none")
+    assert status == 200 and state["restriction"] == "password_expired"  # what the web app is told
 
 
 async def test_revocation_event_ends_every_session_of_that_user(make_gateway, browsers, database_url, amqp_url, exchange_name):

@@ -7,6 +7,8 @@ Every user here is created the way a real one is: Support opens a practice (or i
 staff), the invitee follows the emailed link and registers, proving the phone by a code."""
 from __future__ import annotations
 
+from datetime import datetime
+
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -335,6 +337,15 @@ async def test_password_rules_history_of_six_and_expiry_after_90_days(stack: Sta
     stack.clock.advance(days=89)
     status, body, _ = await b.login(user.email, current)
     assert status == 200 and body["restriction"] is None
+    # Signed in a minute before the password expires: two minutes on, the session is
+    # restricted too, not free until it ends.
+    expires = datetime.fromisoformat(body["user"]["password_expires_at"])
+    stack.clock.advance(seconds=(expires - stack.clock.now()).total_seconds() - 60)
+    status, body, _ = await b.login(user.email, current)
+    assert status == 200 and body["restriction"] is None
+    stack.clock.advance(minutes=2)
+    status, refused, _ = await b.call("GET", "/messages?folder=inbox")
+    assert status == 403 and refused["error"] == "password_expired", refused
     stack.clock.advance(days=1)
     status, body, _ = await b.login(user.email, current)
     assert status == 200 and body["restriction"] == "password_expired"

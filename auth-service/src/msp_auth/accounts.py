@@ -113,16 +113,19 @@ def restriction_for(settings: AuthSettings, user: asyncpg.Record, now: datetime)
     return None
 
 
-def grant(user: asyncpg.Record, restriction: str | None) -> dict[str, Any]:
+def grant(settings: AuthSettings, user: asyncpg.Record, now: datetime) -> dict[str, Any]:
     """What the gateway makes a session of. `epoch`: the user's revocation count as read with
     the rest, under the user's row lock (every grant path holds it), so a revocation this grant
-    did not see has a higher epoch and ends its session (see revoke_sessions)."""
+    did not see has a higher epoch and ends its session (see revoke_sessions).
+    `password_expires_at`: the gateway restricts the session from then on, as if granted then."""
+    expires = password_expires_at(settings, user)
     return {
         "user_id": str(user["id"]),
         "practice_id": str(user["practice_id"]) if user["practice_id"] else None,
         "roles": list(user["roles"]),
-        "restriction": restriction,
+        "restriction": restriction_for(settings, user, now),
         "epoch": user["session_epoch"],
+        "password_expires_at": expires.isoformat() if expires else None,
     }
 
 
@@ -180,7 +183,7 @@ async def session_answer(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record,
 def signed_in(c: Ctx, user: asyncpg.Record, practice: Any, *, status: int = 200, **extra: Any) -> web.Response:
     """session_answer when the caller already has the user's practice (login reads both at once)."""
     body = {
-        "grant": grant(user, restriction_for(c.settings, user, c.now)),
+        "grant": grant(c.settings, user, c.now),
         "user": public_user(c.settings, user, practice, c.now),
         **extra,
     }

@@ -269,7 +269,7 @@ def session_state(gw: Gateway, cookie: str, session: Session) -> dict[str, Any]:
     row = session.row
     return {
         "csrf_token": csrf.token_for(cookie, gw.csrf_key),
-        "restriction": row.restriction,
+        "restriction": row.restriction_at(gw.clock.now()),
         "idle_expires_at": _iso(idle_expires_at(gw.policy, created_at=row.created_at, last_seen_at=session.last_seen_at)),
         "expires_at": _iso(row.created_at + gw.policy.absolute),
     }
@@ -491,7 +491,7 @@ def _identity_payload(gw: Gateway, session: Session | None, ip: str) -> str:
         roles=row.roles,
         session_id=str(row.id),
         ip=ip,
-        extra={"restriction": row.restriction} if row.restriction else {},
+        extra={"restriction": restriction} if (restriction := row.restriction_at(gw.clock.now())) else {},
     )
     payload = identity.encode(who, exp=exp)
     session.signed_payload = (exp, ip, payload)

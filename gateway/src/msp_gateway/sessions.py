@@ -66,6 +66,18 @@ def _grant_epoch(value: object) -> int | None:
     return value
 
 
+def _grant_moment(value: object) -> datetime | None:
+    """An ISO 8601 time with its zone, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("not a time")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("a time without its zone")
+    return moment
+
+
 class SessionManager:
     def __init__(self, pool: asyncpg.Pool, policy: SessionPolicy, *, cache_seconds: float) -> None:
         self._pool = pool
@@ -146,6 +158,7 @@ class SessionManager:
             if restriction is not None and not isinstance(restriction, str):
                 raise TypeError("restriction")
             epoch = _grant_epoch(grant.get("epoch"))
+            password_expires_at = _grant_moment(grant.get("password_expires_at"))
         except (KeyError, TypeError, ValueError) as exc:
             raise BadGrant(str(exc)) from exc
         cookie_value = secrets.token_urlsafe(32)
@@ -159,6 +172,7 @@ class SessionManager:
             created_at=now,
             last_seen_at=now,
             epoch=epoch,
+            password_expires_at=password_expires_at,
         )
         row.created_wall = await store.insert_session(self._pool, row, client_ip=client_ip, user_agent=user_agent)
         if row.created_wall is None:

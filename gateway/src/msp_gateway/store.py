@@ -13,6 +13,8 @@ from msp_shared.events import SessionEnded
 
 from .ratelimit import retry_after
 
+PASSWORD_EXPIRED = "password_expired"  # auth-service's restriction: only the password may be changed
+
 
 @dataclass
 class SessionRow:
@@ -26,6 +28,13 @@ class SessionRow:
     last_seen_at: datetime
     created_wall: datetime | None = None  # set by the database on insert
     epoch: int | None = None  # auth-service's session epoch of the grant (None: older releases)
+    password_expires_at: datetime | None = None  # from the grant: restricted from then on
+
+    def restriction_at(self, now: datetime) -> str | None:
+        """The grant's restriction, or password_expired once the password has expired since."""
+        if self.restriction is None and self.password_expires_at is not None and now >= self.password_expires_at:
+            return PASSWORD_EXPIRED
+        return self.restriction
 
     def revoked_by(self, *, min_epoch: int | None, before: datetime) -> bool:
         """Whether a revocation (epoch, and time for sessions or events without one) ends it."""
@@ -49,6 +58,7 @@ def _row(record: asyncpg.Record) -> SessionRow:
         last_seen_at=record["last_seen_at"],
         created_wall=record["created_wall"],
         epoch=record["epoch"],
+        password_expires_at=record["password_expires_at"],
     )
 
 
@@ -59,14 +69,15 @@ async def insert_session(pool: asyncpg.Pool, row: SessionRow, *, client_ip: str 
     0005). An asynchronous commit (migration 0004: a crash may sign out the sessions of its
     last moments, nothing worse)."""
     return await pool.fetchval(
-        "SELECT insert_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "SELECT insert_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         row.token_hash, row.id, row.user_id, row.practice_id, list(row.roles), row.restriction,
         row.created_at, row.last_seen_at, client_ip, (user_agent or "")[:200] or None, row.epoch,
+        row.password_expires_at,
     )
 
 
 async def get_session(pool: asyncpg.Pool, token_hash: bytes) -> SessionRow | None:
-    record = await pool.fetchrow(f"SELECT {_COLUMNS}, created_wall, epoch FROM sessions WHERE token_hash = $1", token_hash)
+    record = await pool.fetchrow(f"SELECT {_COLUMNS}, created_wall, epoch, password_expires_at FROM sessions WHERE token_hash = $1", token_hash)
     return _row(record) if record else None
 
 
