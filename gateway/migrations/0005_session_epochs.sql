@@ -51,17 +51,22 @@ DECLARE
     known bigint;
     wall timestamptz;
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);  -- soft state, see 0004
     IF p_epoch IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('session-epoch:' || p_user_id::text, 0));
         SELECT min_epoch INTO known FROM session_revocations WHERE user_id = p_user_id;
         IF known > p_epoch THEN
             RETURN NULL;
         END IF;
-        IF p_epoch > coalesce(known, 0) THEN  -- a revocation this gateway has not heard of yet
+        IF p_epoch > coalesce(known, 0) THEN
+            -- A revocation this gateway has not heard of yet: end the older sessions (those from
+            -- before epochs too), with a synchronous commit like every revocation.
             PERFORM remember_revocation(p_user_id, p_epoch);
-            DELETE FROM sessions WHERE user_id = p_user_id AND epoch < p_epoch;
+            DELETE FROM sessions WHERE user_id = p_user_id AND (epoch < p_epoch OR epoch IS NULL);
+        ELSE
+            PERFORM set_config('synchronous_commit', 'off', true);  -- only a new row: soft state, see 0004
         END IF;
+    ELSE
+        PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
     INSERT INTO sessions (token_hash, id, user_id, practice_id, roles, restriction, created_at, last_seen_at,
                           client_ip, user_agent, epoch, password_expires_at)

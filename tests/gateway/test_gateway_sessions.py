@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -304,6 +306,9 @@ async def test_a_grant_at_a_newer_epoch_ends_the_older_sessions_without_waiting_
     old_here, old_there, bob = browsers(first.url), browsers(second.url), browsers(first.url)
     for b, email in ((old_here, "alice@example.com"), (old_there, "alice@example.com"), (bob, "bob@example.com")):
         assert (await b.login(email=email)).status == 200
+    # and one granted by an auth-service from before epochs (rolling update): ended too
+    grant = {"user_id": str(ALICE), "practice_id": str(PRACTICE), "roles": [], "restriction": None}
+    await first.app[GATEWAY].sessions.create(grant, datetime.now(timezone.utc), client_ip=None, user_agent=None)
     upstream.app[EPOCHS]["alice@example.com"] = 1
     changed = browsers(first.url)
     assert (await changed.login()).status == 200
@@ -317,6 +322,23 @@ async def test_a_grant_at_a_newer_epoch_ends_the_older_sessions_without_waiting_
 
     await eventually(lambda: refused(old_there), what="the other replica refuses it once its cached copy expires")
     assert (await changed.get_json("/api/v1/me"))[0] == 200 and (await bob.get_json("/api/v1/me"))[0] == 200
+
+
+async def test_a_grant_that_ends_older_sessions_commits_synchronously(gateway, database_url):
+    """Ending sessions is a security decision: its commit waits for the disk, unlike a plain new
+    session's (soft state), so a database crash cannot bring the ended sessions back."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "gateway"})  # as the service's pool
+    try:
+        async def insert(epoch: int) -> str:
+            async with conn.transaction():
+                await conn.fetchval(
+                    "SELECT insert_session($1, $2, $3, NULL, '{}', NULL, now(), now(), NULL, NULL, $4, NULL)",
+                    os.urandom(32), uuid.uuid4(), ALICE, epoch)
+                return await conn.fetchval("SHOW synchronous_commit")
+        assert await insert(1) == "on"  # the first grant at epoch 1 ends the older ones
+        assert await insert(1) == "off"  # nothing more to end: a new row only
+    finally:
+        await conn.close()
 
 
 async def test_grants_with_an_epoch_that_is_not_a_count_are_refused(gateway, database_url):
