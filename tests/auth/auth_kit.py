@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from msp_auth import store
+from msp_auth import policy, store
 from msp_auth.app import create_app
 from msp_auth.config import AuthSettings
 from msp_auth.keys import HASHER
@@ -102,7 +102,11 @@ class Auth:
 
     async def make_user(self, email: str, password: str | None = GOOD_PASSWORD, *, practice: asyncpg.Record | None = None,
                         roles: tuple[str, ...] = ("member",), two_step: bool = False, phone: str | None = "+12025550123",
-                        status: str | None = None, invited_by: asyncpg.Record | None = None) -> asyncpg.Record:
+                        status: str | None = None, invited_by: asyncpg.Record | None = None,
+                        phone_verified: bool = True) -> asyncpg.Record:
+        """A user; with a password, registered (verified unless `status` says otherwise) and,
+        with a phone and `phone_verified`, with that number proven (as a code leaves it). The
+        password is remembered as long enough alone or not, as setting it does."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             user = await store.create_user(
@@ -112,9 +116,12 @@ class Auth:
                 time_zone="America/New_York", now=now,
             )
             if password is not None:
-                await store.set_password(conn, user["id"], await self.app[HASHER].hash(password), now)
+                await store.set_password(conn, user["id"], await self.app[HASHER].hash(password), now,
+                                         single_factor_ok=policy.single_factor_ok(password))
                 await store.update_user(conn, user["id"], {"status": status or "verified", "registered_at": now,
                                                             "terms_version": "2026-01"}, now)
+                if phone and phone_verified and (status or "verified") == "verified":
+                    await store.update_user(conn, user["id"], {"phone_verified_at": now}, now)
             return await store.get_user(conn, user["id"])
 
     async def support(self) -> Identity:

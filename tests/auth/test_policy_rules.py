@@ -78,6 +78,15 @@ def test_nist_profile_length_blocklist_and_no_composition() -> None:
     assert (portal.min_length, portal.composition, portal.history, portal.expires) == (8, True, True, True)
 
 
+def test_a_password_stands_alone_only_when_every_profile_allows_it_without_two_step() -> None:
+    """Remembered with the password; under nist_rev4 a short one keeps 2-step on, and a length
+    nobody recorded counts as short. practice_portal asks 8 either way: nothing to keep."""
+    assert policy.single_factor_min_length() == 15
+    assert [policy.single_factor_ok("x" * n) for n in (8, 14, 15, 40)] == [False, False, True, True]
+    assert [policy.two_step_off_allowed("nist_rev4", ok) for ok in (True, False, None)] == [True, False, False]
+    assert [policy.two_step_off_allowed("practice_portal", ok) for ok in (True, False, None)] == [True, True, True]
+
+
 def test_lockout_rule_fifth_failure_locks_and_counting_stops() -> None:
     results = []
     failures = 0

@@ -10,7 +10,7 @@ from msp_auth.tasks import send_expiry_warnings
 from msp_shared import phones
 from msp_shared.web import CLOCK, POOL
 
-from auth_kit import Auth, token_from_link
+from auth_kit import GOOD_PASSWORD, Auth, token_from_link
 
 APP_JS = Path(__file__).resolve().parents[2] / "gateway/src/msp_gateway/static/app.js"
 
@@ -21,7 +21,8 @@ async def test_profile_edits_and_validation(auth: Auth) -> None:
     who = auth.user_identity(user)
     resp = await auth.call("PATCH", "/me", {"first_name": "Pia", "last_name": "Lopez", "time_zone": "America/Chicago",
                                             "ada_number": "ADA-123", "specialties": ["Orthodontics"],
-                                            "cell_phone": "+1 202 555 0144", "two_step_required": False}, who=who)
+                                            "cell_phone": "+1 202 555 0144", "two_step_required": False,
+                                            "current_password": GOOD_PASSWORD}, who=who)
     assert resp.status == 200, resp.body
     got = resp.body["user"]
     assert (got["first_name"], got["time_zone"], got["ada_number"], got["specialties"], got["cell_phone"],
@@ -36,7 +37,7 @@ async def test_new_phone_needs_a_proof_before_it_replaces_the_old(auth: Auth) ->
     user = await auth.make_user("quinn@example.org", phone="+12025550123")
     other = await auth.make_user("rex@example.org")
     who = auth.user_identity(user)
-    resp = await auth.call("PATCH", "/me", {"phone": "(202) 555-0188"}, who=who)
+    resp = await auth.call("PATCH", "/me", {"phone": "(202) 555-0188", "current_password": GOOD_PASSWORD}, who=who)
     assert resp.status == 200 and resp.body["user"]["phone"] == "+12025550123"  # not yet
     assert resp.body["verification"]["purpose"] == "phone_change"
     others = auth.proof(other["id"], "+12025550188", "phone_change")
@@ -54,13 +55,13 @@ async def test_premium_rate_and_toll_free_numbers_are_refused_naming_the_field(a
     user = await auth.make_user("uma@example.org", phone="+12025550123")
     who = auth.user_identity(user)
     for field, number in [("phone", "+1 900 222 3333"), ("phone", "(800) 222-3333"), ("cell_phone", "+44 909 879 0000")]:
-        resp = await auth.call("PATCH", "/me", {field: number}, who=who)
+        resp = await auth.call("PATCH", "/me", {field: number, "current_password": GOOD_PASSWORD}, who=who)
         assert resp.status == 400 and resp.body["error"] == "invalid_input", resp.body
         assert resp.body["details"]["fields"] == {field: phones.NOT_FOR_CODES}
     assert await auth.audit("verification_ticket_issued") == []  # no code was offered for the number
     got = await auth.user(user["id"])
     assert (got["phone"], got["cell_phone"]) == ("+12025550123", user["cell_phone"])
-    mobile = await auth.call("PATCH", "/me", {"cell_phone": "+44 7911 123456"}, who=who)
+    mobile = await auth.call("PATCH", "/me", {"cell_phone": "+44 7911 123456", "current_password": GOOD_PASSWORD}, who=who)
     assert mobile.status == 200 and mobile.body["user"]["cell_phone"] == "+447911123456"
 
 
@@ -68,7 +69,7 @@ async def test_new_email_is_confirmed_by_a_link_sent_to_it(auth: Auth) -> None:
     user = await auth.make_user("sam@example.org")
     taken = await auth.make_user("taken@example.org")
     who = auth.user_identity(user)
-    resp = await auth.call("PATCH", "/me", {"email": "sam@newmail.example"}, who=who)
+    resp = await auth.call("PATCH", "/me", {"email": "sam@newmail.example", "current_password": GOOD_PASSWORD}, who=who)
     assert resp.status == 200 and resp.body["email_confirmation_sent"] is True
     assert resp.body["user"]["email"] == "sam@example.org" and resp.body["user"]["pending_email"] == "sam@newmail.example"
     mail = [m for m in await auth.emails("generic_notice") if m["to"] == "sam@newmail.example"][0]
@@ -88,8 +89,8 @@ async def test_asking_for_a_taken_address_answers_as_for_a_free_one_and_tells_it
     user = await auth.make_user("sam@example.org")
     await auth.make_user("taken@example.org")
     who = auth.user_identity(user)
-    free = await auth.call("PATCH", "/me", {"email": "free@example.org"}, who=who)
-    taken = await auth.call("PATCH", "/me", {"email": "TAKEN@example.org"}, who=who)
+    free = await auth.call("PATCH", "/me", {"email": "free@example.org", "current_password": GOOD_PASSWORD}, who=who)
+    taken = await auth.call("PATCH", "/me", {"email": "TAKEN@example.org", "current_password": GOOD_PASSWORD}, who=who)
     assert (free.status, taken.status) == (200, 200)
     assert free.body.keys() == taken.body.keys() and taken.body["email_confirmation_sent"] is True
     assert taken.body["user"]["pending_email"] == "TAKEN@example.org"
@@ -108,13 +109,14 @@ async def test_only_the_newest_address_can_be_confirmed_and_requests_are_bounded
     signed-in user cannot make the portal mail any number of addresses."""
     user = await auth.make_user("sam@example.org")
     who = auth.user_identity(user)
+    pw = {"current_password": GOOD_PASSWORD}
 
     async def link_to(address: str) -> str:
         return token_from_link([m for m in await auth.emails("generic_notice") if m["to"] == address][-1]["link"])
 
-    assert (await auth.call("PATCH", "/me", {"email": "mine@newmail.example"}, who=who)).status == 200
+    assert (await auth.call("PATCH", "/me", {"email": "mine@newmail.example", **pw}, who=who)).status == 200
     mine = await link_to("mine@newmail.example")
-    assert (await auth.call("PATCH", "/me", {"email": "someone.else@example.org"}, who=who)).status == 200
+    assert (await auth.call("PATCH", "/me", {"email": "someone.else@example.org", **pw}, who=who)).status == 200
     stale = await auth.call("POST", "/me/email/confirm", {"token": mine}, who=who)
     assert stale.status == 404  # it would have made someone.else@ the account's address, unproven
     assert (await auth.user(user["id"]))["email"] == "sam@example.org"
@@ -123,13 +125,13 @@ async def test_only_the_newest_address_can_be_confirmed_and_requests_are_bounded
 
     limit = auth.app[AUTH_SETTINGS].email_change_requests_per_hour
     for n in range(limit - 2):  # two asked already this hour
-        assert (await auth.call("PATCH", "/me", {"email": f"addr{n}@example.org"}, who=who)).status == 200
+        assert (await auth.call("PATCH", "/me", {"email": f"addr{n}@example.org", **pw}, who=who)).status == 200
     sent = len(await auth.emails("generic_notice"))
-    refused = await auth.call("PATCH", "/me", {"email": "one.more@example.org"}, who=who)
+    refused = await auth.call("PATCH", "/me", {"email": "one.more@example.org", **pw}, who=who)
     assert refused.status == 429 and refused.body["error"] == "too_many_requests"
     assert len(await auth.emails("generic_notice")) == sent  # nothing mailed
     auth.clock.advance(hours=1, seconds=1)
-    assert (await auth.call("PATCH", "/me", {"email": "one.more@example.org"}, who=who)).status == 200
+    assert (await auth.call("PATCH", "/me", {"email": "one.more@example.org", **pw}, who=who)).status == 200
 
 
 async def test_expiry_warnings_14_7_1_days_before_each_sent_once(auth: Auth) -> None:

@@ -21,6 +21,7 @@ import stripe
 from aiohttp import web
 
 from msp_auth import store as auth_store
+from msp_auth.keys import HASHER
 from msp_shared import identity
 from msp_shared.bus import Bus
 from msp_shared.clock import ManualClock
@@ -290,8 +291,12 @@ class Accounts:
 
     async def change_email(self, user: User, new_email: str) -> None:
         """The user's own change of address, as auth-service does it: PATCH /me, then the
-        single-use link mailed to the new address, opened while signed in."""
-        status, body = await self.call("PATCH", "/me", user, {"email": new_email})
+        single-use link mailed to the new address, opened while signed in (which takes the
+        current password: the user is given one here)."""
+        password = "Tulip-Harbor-42!"
+        async with self.pool.acquire() as conn:
+            await auth_store.set_password(conn, uuid.UUID(user.id), await self.app[HASHER].hash(password), self.clock.now())
+        status, body = await self.call("PATCH", "/me", user, {"email": new_email, "current_password": password})
         assert status == 200 and body.get("email_confirmation_sent"), body
         rows = await self.pool.fetch("SELECT envelope FROM outbox WHERE type = $1 ORDER BY created_at, id",
                                      EmailRequested.TYPE)

@@ -12,6 +12,7 @@ import pytest
 import stripe
 from playwright.async_api import Page, expect
 
+from msp_auth import policy as auth_policy
 from msp_auth import store as auth_store
 from msp_auth.keys import HASHER
 from msp_shared import outbox
@@ -65,7 +66,8 @@ async def make_member(stack: Stack, practices: dict[str, uuid.UUID], email: str,
             last_name=email.split("@")[0].title(), phone=None, roles=roles, two_step_required=False,
             time_zone="America/New_York", now=now)
         async with conn.transaction():
-            await auth_store.set_password(conn, row["id"], password_hash, now)
+            await auth_store.set_password(conn, row["id"], password_hash, now,
+                                          single_factor_ok=auth_policy.single_factor_ok(MEMBER_PASSWORD))
             await auth_store.update_user(conn, row["id"], {"status": "verified", "registered_at": now,
                                                            "terms_version": "2026-01"}, now)
             await outbox.add(conn, UserRegistered(user_id=row["id"], practice_id=practice_id))

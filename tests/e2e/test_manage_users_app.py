@@ -5,7 +5,11 @@ kept by the server; "Re-invite" sending a new invitation (read from the dev outb
 one per user per 15 minutes, the page saying so in the server's words."""
 from __future__ import annotations
 
+import uuid
+
 from e2e_kit import MakeMember, invite_staff, log_in_as, needs_chromium
+from msp_auth import store as auth_store
+from msp_shared.web import POOL
 from playwright.async_api import Locator, Page, expect
 from stack import Stack, link_token, links, token_link
 
@@ -117,3 +121,38 @@ async def test_two_step_for_a_user_without_a_phone_is_refused_in_words(page: Pag
     await page.reload()
     await expect(page.get_by_role("heading", name="Manage Users", level=1)).to_be_visible()
     await expect(box).not_to_be_checked()  # the server kept it off
+
+
+async def test_two_step_on_an_unproven_phone_or_off_for_a_shared_invitee_is_refused_in_words(
+        page: Page, stack: Stack, member: MakeMember) -> None:
+    """On: not onto a number nobody proved (password resets would send codes there). Off: not for
+    an invited account another practice also wrote to (its 2-step protects their messages too)."""
+    lee = await member("lee@bright.example", "Bright Smiles", manager=True)
+    mel = await member("mel@bright.example", "Bright Smiles")
+    await member("dr@lakeside.example", "Lakeside Dental")  # another practice
+    pat = await invite_staff(stack, lee.practice_id, "pat@bright.example", phone="+12025550172")
+    now = stack.clock.now()
+    async with stack.auth_app[POOL].acquire() as conn:
+        # Mel registered with 2-step off: her number was never proved by a code.
+        await auth_store.update_user(conn, uuid.UUID(mel.id), {"phone": "+12025550173"}, now)
+        # A sender of the other practice wrote to Pat's address (as mail-service records it).
+        lakeside = await conn.fetchval("SELECT id FROM practices WHERE name = 'Lakeside Dental'")
+        await auth_store.record_recipient_practice(conn, uuid.UUID(pat["id"]), lakeside, now)
+
+    await log_in_as(page, lee)
+    await open_manage_users(page)
+    alert = page.get_by_role("alert")
+    mel_box = two_step_box(page, mel.email)
+    await mel_box.click()
+    await expect(alert).to_contain_text("This user has not confirmed their phone number with a code yet")
+    await expect(mel_box).not_to_be_checked()
+    pat_box = two_step_box(page, "pat@bright.example")
+    await expect(pat_box).to_be_checked()
+    await pat_box.click()
+    await expect(alert).to_have_text("Other practices have also written to this user, so 2-Step Verification cannot be "
+                                     "turned off here: it protects their messages too.")
+    await expect(pat_box).to_be_checked()
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Manage Users", level=1)).to_be_visible()
+    await expect(mel_box).not_to_be_checked()
+    await expect(pat_box).to_be_checked()  # the server kept both as they were

@@ -235,7 +235,8 @@ async def reset_password(request: web.Request) -> web.Response:
             was_locked = user["locked_at"] is not None or user["password_reset_required"]
             await store.use_token(conn, token["id"], c.now)
             await store.revoke_tokens(conn, user["id"], "password_reset", c.now)
-            await store.set_password(conn, user["id"], new_hash, c.now)
+            await store.set_password(conn, user["id"], new_hash, c.now,
+                                     single_factor_ok=policy.single_factor_ok(body.password))
             if claims is not None and user["status"] == "registered_unverified":
                 await store.update_user(conn, user["id"], {"status": "verified", "phone_verified_at": c.now}, c.now)
                 await outbox.add(conn, UserRegistered(user_id=user["id"], practice_id=user["practice_id"],
@@ -272,7 +273,8 @@ async def change_password(request: web.Request) -> web.Response:
             user = await store.get_user(conn, user["id"], for_update=True)
             if user["locked_at"] is not None:
                 raise ACCOUNT_LOCKED
-            await store.set_password(conn, user["id"], new_hash, c.now)
+            await store.set_password(conn, user["id"], new_hash, c.now,
+                                     single_factor_ok=policy.single_factor_ok(body.new_password))
             await c.audit(conn, "password_changed", subject=user["id"], practice_id=user["practice_id"])
             await revoke_sessions(conn, user["id"], "password_changed")
             user = await store.get_user(conn, user["id"])
@@ -367,7 +369,8 @@ async def register(request: web.Request) -> web.Response:
                 "terms_accepted_at": c.now,
                 "registered_at": c.now,
             }, c.now)
-            await store.set_password(conn, user["id"], new_hash, c.now)
+            await store.set_password(conn, user["id"], new_hash, c.now,
+                                     single_factor_ok=policy.single_factor_ok(body.password))
             await c.audit(conn, "registration", actor=user["id"], subject=user["id"], practice_id=user["practice_id"],
                           two_step=two_step, terms_version=body.terms_version)
             extra = {}

@@ -11,6 +11,10 @@ only the roles in the identity header, which may be up to a session old):
   phones may be edited only while no other practice has written to it (recipients.py
   records who has): otherwise a manager could move other practices' messages to an address
   or phone of their choosing;
+- for the same reason, 2-step may not be turned off for such an account (it protects the
+  other practices' messages too); nor, under the nist_rev4 password profile, for a user whose
+  password is allowed only with 2-step (8 characters instead of 15); and it is not turned on
+  for a registered user whose phone nobody proved (password resets would send codes to it);
 - a member can do none of it (403);
 - Support opens practices, invites their staff, edits practice details, unlocks accounts,
   grants and revokes User Manager, and reads the audit trail. Support never sees or sets a
@@ -34,7 +38,7 @@ from msp_shared.events import UserRegistered, UserRolesChanged
 from msp_shared.mailer import ADDRESS
 from msp_shared.web import read_model, require_user
 
-from . import store
+from . import policy, store
 from .accounts import Ctx, ctx, practice_view, revoke_sessions, two_step_without_phone
 from .invitations import NOT_FULLY_REGISTERED, create_invited_user, may_reinvite, reinvite, reinvite_wait, send_invitation
 
@@ -117,6 +121,27 @@ ADDRESSED_BY_OTHERS = ApiError(
     409, "addressed_by_other_practices",
     "Other practices have also written to this address, so its details cannot be changed here. "
     "Send your message to the correct address instead.")
+
+
+TWO_STEP_SHARED = ApiError(
+    409, "addressed_by_other_practices",
+    "Other practices have also written to this user, so 2-Step Verification cannot be turned off here: it "
+    "protects their messages too.")
+PHONE_NOT_VERIFIED = ApiError(
+    409, "phone_not_verified",
+    "This user has not confirmed their phone number with a code yet, so 2-Step Verification cannot be required: "
+    "its codes would go to a number nobody proved. They can confirm it in their profile (saving the number under "
+    "Phone sends them a code by text message or call); then 2-Step Verification can be turned on.")
+
+
+def password_needs_two_step(settings: Any) -> ApiError:
+    alone = policy.rules(settings.password_policy, two_step=False).min_length
+    return ApiError(
+        409, "password_needs_two_step",
+        f"This user's password may be shorter than {alone} characters, which is allowed only with 2-Step "
+        f"Verification. They can change it to one of at least {alone} characters in their profile; then 2-Step "
+        "Verification can be turned off.",
+        {"min_length": alone})
 
 
 async def addressed_by_others(conn: asyncpg.Connection, target: asyncpg.Record, practice_id: uuid.UUID) -> bool:
@@ -206,6 +231,8 @@ async def patch_practice_user(request: web.Request) -> web.Response:
                 raise not_found("No such user in your practice.")
             refusal = await _refuse_contact_edit(conn, c, body, target, practice_id)
             if refusal is None:
+                refusal = await _refuse_two_step(conn, c, body, target, practice_id)
+            if refusal is None:
                 return await _patch(conn, c, body, target, practice_id)
         # Audited (and committed) above; refused here.
         raise refusal
@@ -231,6 +258,31 @@ async def _refuse_contact_edit(conn: asyncpg.Connection, c: Ctx, body: ManagedUs
         return None
     await c.audit(conn, "invited_user_edited", outcome="refused", subject=target["id"],
                   practice_id=target["practice_id"], fields=sorted(changing), reason=reason)
+    return refusal
+
+
+async def _refuse_two_step(conn: asyncpg.Connection, c: Ctx, body: ManagedUserPatch, target: asyncpg.Record,
+                           practice_id: uuid.UUID) -> ApiError | None:
+    """A change of the 2-step setting this manager may not make: audited, to be raised once
+    the audit row is committed. Off: not for an account other practices have a stake in (see
+    addressed_by_others), nor, under nist_rev4, while the user's password is not known to be
+    long enough alone (unknown counts as not). On: not for a registered user whose phone was
+    never proved (no phone at all is _patch's no_phone)."""
+    if body.two_step_required is None or body.two_step_required == target["two_step_required"]:
+        return None
+    if body.two_step_required:
+        if two_step_without_phone(target) or target["status"] == "invited" or target["phone_verified_at"] is not None:
+            return None
+        refusal, reason = PHONE_NOT_VERIFIED, "phone_not_verified"
+    elif target["status"] in NOT_FULLY_REGISTERED and await addressed_by_others(conn, target, practice_id):
+        refusal, reason = TWO_STEP_SHARED, "addressed_by_other_practices"
+    elif target["password_hash"] is not None and not policy.two_step_off_allowed(
+            c.settings.password_policy, target["password_single_factor_ok"]):
+        refusal, reason = password_needs_two_step(c.settings), "password_needs_two_step"
+    else:
+        return None
+    await c.audit(conn, "two_step_changed", outcome="refused", subject=target["id"], practice_id=target["practice_id"],
+                  required=body.two_step_required, reason=reason)
     return refusal
 
 

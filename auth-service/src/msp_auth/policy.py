@@ -88,6 +88,30 @@ def rules(profile: Profile, *, two_step: bool, history_size: int = 0) -> Rules:
     raise ValueError(f"unknown password policy profile {profile!r}")
 
 
+def single_factor_min_length() -> int:
+    """The length a password needs to be the only factor under every profile (15: nist_rev4
+    without 2-step). Not the deployment's profile alone: a password set under practice_portal
+    must not count as long enough once a deployment moves to nist_rev4."""
+    return max(rules(p, two_step=False).min_length for p in PROFILES)
+
+
+def single_factor_ok(password: str) -> bool:
+    """Whether this password may stand alone, without 2-step verification, under every
+    profile. Remembered with the password (users.password_single_factor_ok), because the
+    password itself is not kept."""
+    return len(password) >= single_factor_min_length()
+
+
+def two_step_off_allowed(profile: Profile, password_single_factor_ok: bool | None) -> bool:
+    """Whether 2-step may be turned off for a user with a password, given what was recorded
+    when that password was set (None: unknown). Under a profile that allows shorter passwords
+    with 2-step (nist_rev4: 8 instead of 15) only a password known to be long enough may
+    become the only factor; elsewhere (practice_portal) the length does not depend on 2-step."""
+    if rules(profile, two_step=False).min_length <= rules(profile, two_step=True).min_length:
+        return True
+    return password_single_factor_ok is True
+
+
 def email_names(email: str) -> list[str]:
     """The parts of an email's local part worth refusing inside a password: the whole local
     part (3+ characters) and its dot/dash/underscore-separated words of 4+ characters."""

@@ -50,7 +50,7 @@ async def seed_support(pool: asyncpg.Pool, settings: AuthSettings, hasher: Hashe
                 time_zone=settings.default_time_zone, now=now,
             )
             await store.update_user(conn, user["id"], {"status": "verified", "registered_at": now}, now)
-            await store.set_password(conn, user["id"], password_hash, now)
+            await store.set_password(conn, user["id"], password_hash, now, single_factor_ok=policy.single_factor_ok(password))
             await store.audit(conn, at=now, action="support_account_seeded", subject_id=user["id"])
     log.info("support account seeded", extra={"user_id": str(user["id"])})
     return True

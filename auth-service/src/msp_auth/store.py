@@ -194,12 +194,16 @@ async def addressed_by_other_practices(conn: asyncpg.Connection, user_id: uuid.U
 
 # ---- passwords --------------------------------------------------------------------------------
 
-async def set_password(conn: asyncpg.Connection, user_id: uuid.UUID, password_hash: str, now: datetime, *, keep: int = 24) -> None:
-    """Store a new password: the user's hash, a history row, and a fresh expiry clock."""
+async def set_password(conn: asyncpg.Connection, user_id: uuid.UUID, password_hash: str, now: datetime, *, keep: int = 24,
+                       single_factor_ok: bool | None = None) -> None:
+    """Store a new password: the user's hash, a history row, and a fresh expiry clock.
+    `single_factor_ok`: policy.single_factor_ok(password), which only the caller can know (it
+    has the password); None records "unknown", never the previous password's answer."""
     await conn.execute(
         "UPDATE users SET password_hash = $2, password_changed_at = $3, password_reset_required = false,"
-        " failed_logins = 0, locked_at = NULL, expiry_warnings_sent = '{}', updated_at = $3 WHERE id = $1",
-        user_id, password_hash, now,
+        " failed_logins = 0, locked_at = NULL, expiry_warnings_sent = '{}', updated_at = $3,"
+        " password_single_factor_ok = $4 WHERE id = $1",
+        user_id, password_hash, now, single_factor_ok,
     )
     await conn.execute(
         "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
@@ -209,6 +213,16 @@ async def set_password(conn: asyncpg.Connection, user_id: uuid.UUID, password_ha
         "DELETE FROM password_history WHERE user_id = $1 AND id NOT IN ("
         " SELECT id FROM password_history WHERE user_id = $1 ORDER BY id DESC LIMIT $2)",
         user_id, keep,
+    )
+
+
+async def record_single_factor_ok(conn: asyncpg.Connection, user_id: uuid.UUID, password_hash: str, ok: bool) -> None:
+    """Fill in an unknown password_single_factor_ok once the password is known again (the user
+    typed it), only while the row still has that password."""
+    await conn.execute(
+        "UPDATE users SET password_single_factor_ok = $3 WHERE id = $1 AND password_hash = $2"
+        " AND password_single_factor_ok IS NULL",
+        user_id, password_hash, ok,
     )
 
 

@@ -502,7 +502,42 @@ async function viewProfile(params) {
   const err = errorBox();
   let me;
   try { me = (await api("GET", "/me")).user; } catch (ex) { showError(err, ex); pageFor(seq, "Profile", err); return; }
-  const form = h("form", { onsubmit: async (e) => {
+  // A signed-in session alone may not turn 2-Step Verification off or change the email address or
+  // phones (someone who found the computer signed in could take the account over): the server
+  // asks for the current password with those changes, so the form asks for it when one is made.
+  const currentPw = h("input", { id: "f-profile-current", name: "current_password", type: "password",
+                                 autocomplete: "current-password", "aria-describedby": "f-profile-current-hint" });
+  const currentBox = h("div", { class: "field", hidden: true },
+    h("label", { for: "f-profile-current" }, "Current password"), currentPw,
+    h("span", { class: "hint", id: "f-profile-current-hint" },
+      "For your security, enter your current password to change your email address or phone numbers, or to turn 2-Step Verification off."));
+  const value = (k) => ((form.elements[k] && form.elements[k].value) || "").trim();
+  const guarded = () => value("email").toLowerCase() !== (me.email || "").toLowerCase()
+    || (value("phone") !== "" && value("phone") !== (me.phone || ""))
+    || value("cell_phone") !== (me.cell_phone || "")
+    || (!!me.two_step_required && !form.elements.two_step_required.checked);
+  const askPassword = () => {
+    const need = guarded();
+    currentBox.hidden = !need;
+    currentPw.setAttribute("aria-required", need ? "true" : "false");
+    if (!need) currentPw.value = "";
+  };
+  // The number on file, proven by a code (PATCH /me with it answers a ticket when it never was).
+  const confirmPhone = async (button) => {
+    button.disabled = true;
+    try {
+      const answer = await api("PATCH", "/me", { phone: me.phone });
+      if (!answer.verification) { say("Your phone number is already confirmed."); return; }
+      err.hidden = true;
+      phoneBox.replaceChildren(twoStep(answer.verification, async (proof) => {
+        me = (await api("POST", "/me/phone", { proof })).user || me;
+        phoneBox.replaceChildren();
+        say("Your phone number is confirmed. You can turn 2-Step Verification on now.");
+      }));
+      phoneBox.querySelector("button").focus();
+    } catch (ex) { showError(err, ex); button.disabled = false; }
+  };
+  const form = h("form", { oninput: askPassword, onchange: askPassword, onsubmit: async (e) => {
     e.preventDefault(); err.hidden = true;
     const fd = new FormData(form);
     const patch = {};
@@ -515,25 +550,54 @@ async function viewProfile(params) {
     const twoStepOn = fd.get("two_step_required") === "on";
     if (twoStepOn !== !!me.two_step_required) patch.two_step_required = twoStepOn;
     if (!Object.keys(patch).length) { say("Nothing to save: no field was changed."); return; }
+    if (guarded()) {
+      if (!currentPw.value) {
+        askPassword();
+        showError(err, { message: "Enter your current password to save these changes." });
+        currentPw.focus();
+        return;
+      }
+      patch.current_password = currentPw.value;
+    }
     try {
       const answer = await api("PATCH", "/me", patch);
       me = answer.user || me;
       state.user = { ...state.user, ...me };  // dates follow the new time zone
       const notes = ["Your profile has been saved."];
-      if (answer.email_confirmation_sent) notes.push("Open the link we sent to your new email address to start using it.");
+      if (answer.email_confirmation_sent) {
+        notes.push("Open the link we sent to your new email address to start using it.");
+        form.elements.email.value = me.email || "";  // the address in use until the new one is confirmed
+        const hint = document.getElementById("f-email-hint");
+        if (hint && me.pending_email) hint.textContent = `Waiting for confirmation of ${me.pending_email}.`;
+      }
       if (answer.verification) {
         // A new phone number is used once the user proves it with a code.
+        form.elements.phone.value = me.phone || "";  // the number in use until then
         phoneBox.replaceChildren(twoStep(answer.verification, async (proof) => {
           me = (await api("POST", "/me/phone", { proof })).user || me;
           form.elements.phone.value = me.phone || "";
           phoneBox.replaceChildren();
+          askPassword();
           say("Your new phone number is verified and saved.");
         }));
         notes.push("Confirm your new phone number with the code we send you (below).");
         phoneBox.querySelector("button").focus();
       }
+      form.elements.cell_phone.value = me.cell_phone || "";  // as saved (E.164)
+      currentPw.value = "";
+      askPassword();
       say(notes.join(" "));
-    } catch (ex) { showError(err, ex); err.focus(); }
+    } catch (ex) {
+      showError(err, ex);
+      if (ex.code === "wrong_current_password") currentPw.value = "";
+      if (ex.code === "phone_not_verified" && me.phone) {
+        const button = h("button", { type: "button", class: "secondary" }, "Send me a code to confirm my phone number");
+        button.addEventListener("click", () => confirmPhone(button));
+        err.append(h("div", { class: "row" }, button));
+      }
+      if (ex.code === "password_needs_two_step") err.append(" ", h("a", { href: "#/change-password" }, "Change password"));
+      err.focus();
+    }
   } },
     field("First name", { name: "first_name", value: me.first_name || "", autocomplete: "given-name" }),
     field("Last name", { name: "last_name", value: me.last_name || "", autocomplete: "family-name" }),
@@ -548,6 +612,7 @@ async function viewProfile(params) {
     field("Specialties", { name: "specialties", value: (me.specialties || []).join(", ") }, "Separate several with commas."),
     h("label", { class: "check", for: "f-2step" }, h("input", { id: "f-2step", name: "two_step_required", type: "checkbox", checked: !!me.two_step_required }),
       "Use 2-Step Verification when I set or reset my password"),
+    currentBox,
     h("div", { class: "row" }, h("button", { type: "submit" }, "Save"), h("a", { href: "#/change-password" }, "Change password")),
     err);
   const phoneBox = h("div", {});
@@ -949,7 +1014,7 @@ async function viewInvoices() {
 const AUDIT_ACTIONS = ("login logout session_expired account_locked account_unlocked password_change password_changed password_reset " +
   "password_reset_requested password_expiry_warning invitation_sent invited_user_edited registration phone_verified " +
   "verification_ticket_issued verification_code_sent verification_code_checked two_step_changed role_granted role_revoked " +
-  "practice_opened practice_updated email_change_requested profile_email_changed profile_phone_changed securemail_granted " +
+  "practice_opened practice_updated profile_change email_change_requested profile_email_changed profile_phone_changed securemail_granted " +
   "securemail_revoked support_account_seeded").split(" ");
 
 // "?a=1&b=2" from the values that are set ("" when none is; an unticked box is not set).
