@@ -139,7 +139,19 @@ async def test_without_a_number_on_file_the_registrant_gives_one_and_may_change_
     done = await auth.call("POST", "/registrations", registration(token, phone="202-555-0133"))
     assert done.status == 201, done.body
     who = auth.identity_of(done.body["grant"])
-    changed = await auth.call("POST", "/me/verification/ticket", {"phone": "202-555-0144"}, who=who)
+    # Another number takes the password: the session alone (left open, or stolen) must not
+    # make someone else's phone the one every reset code goes to.
+    bare = await auth.call("POST", "/me/verification/ticket", {"phone": "202-555-0144"}, who=who)
+    assert bare.status == 400 and list(bare.body["details"]["fields"]) == ["current_password"]
+    wrong = await auth.call("POST", "/me/verification/ticket", {"phone": "202-555-0144", "current_password": "Not-It-1!"},
+                            who=who)
+    assert wrong.status == 403 and wrong.body["error"] == "wrong_current_password"
+    user = await auth.pool.fetchrow("SELECT phone, failed_logins FROM users WHERE lower(email) = 'nophone@example.org'")
+    assert (user["phone"], user["failed_logins"]) == ("+12025550133", 1)  # unchanged; the guess counted
+    same = await auth.call("POST", "/me/verification/ticket", {"phone": "(202) 555-0133"}, who=who)
+    assert same.status == 200  # the number on file again: no password needed
+    changed = await auth.call("POST", "/me/verification/ticket", {"phone": "202-555-0144", "current_password": GOOD_PASSWORD},
+                              who=who)
     assert changed.status == 200, changed.body
     claims = signed.verify_claims(changed.body["verification"]["ticket"], purpose="verify-ticket",
                                   secret=auth.verify_secret, now=auth.clock.now().timestamp())

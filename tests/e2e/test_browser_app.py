@@ -185,6 +185,7 @@ async def test_a_number_the_user_gave_can_be_corrected_before_it_is_proven(page:
     await expect(page.locator(".two-step")).to_contain_text("We will send a 6-digit code to \u2022\u2022\u2022\u2022 51")
     await page.get_by_text("Wrong number?").click()
     await page.get_by_label("Right phone number").fill("(202) 555-0152")
+    await page.get_by_label("Your password").fill("Sunny-Lake-42")
     await page.get_by_role("button", name="Use this number").click()
     await expect(page.get_by_role("status")).to_have_text("The code will go to \u2022\u2022\u2022\u2022 52.")
     await page.get_by_role("button", name="Text me a code").click()
@@ -200,6 +201,7 @@ async def test_a_number_the_practice_entered_is_not_swapped_by_the_user(page: Pa
     await expect(page.get_by_role("heading", name="Verify your phone")).to_be_visible()
     await page.get_by_text("Wrong number?").click()
     await page.get_by_label("Right phone number").fill("(202) 555-0154")
+    await page.get_by_label("Your password").fill("Sunny-Lake-42")
     await page.get_by_role("button", name="Use this number").click()
     await expect(page.get_by_role("alert")).to_contain_text("ask them to correct it, then sign in again")
 

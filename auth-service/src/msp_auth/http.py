@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from msp_shared import outbox, phones
 from msp_shared.errors import ApiError
 from msp_shared.events import UserLocked, UserRegistered
+from msp_shared.identity import Identity
 from msp_shared.mailer import request_email
 from msp_shared.web import read_model, require_user
 
@@ -87,6 +88,7 @@ class ProofIn(Model):
 
 class TicketIn(Model):
     phone: str | None = Field(None, max_length=40)
+    current_password: str | None = Field(None, max_length=1024, description="Required to use another number.")
 
 
 # ---- login and lockout --------------------------------------------------------------------------
@@ -391,20 +393,44 @@ async def verification_ticket(request: web.Request) -> web.Response:
     c = ctx(request)
     ident = require_user(request)
     body = await read_model(request, TicketIn)
-    async with c.pool.acquire() as conn, conn.transaction():
-        user = await store.get_user(conn, ident.user_id, for_update=True)
-        if user is None or user["status"] != "registered_unverified":
-            raise ApiError(409, "already_verified", "Your phone number is already verified.")
-        phone = await _phone_to_prove(conn, c, user, body.phone)
-        if phone != user["phone"]:
-            await store.update_user(conn, user["id"], {"phone": phone, "phone_from_inviter": False}, c.now)
-            await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"],
-                          before_verification=True)
-        if not phone:
-            raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
-        await c.audit(conn, "verification_ticket_issued", subject=user["id"], practice_id=user["practice_id"],
-                      purpose=REGISTRATION)
-        return web.json_response({"verification": verification(c, user["id"], phone, REGISTRATION)})
+    async with c.pool.acquire() as conn:
+        user = await store.get_user(conn, ident.user_id)
+        # Another number takes the password too: with the session alone, whoever found it open
+        # would make their own phone the account's, and every reset code would go to them.
+        checked = None
+        if user is not None and user["status"] == "registered_unverified":
+            wanted = await _phone_to_prove(conn, c, user, body.phone)
+            if wanted != user["phone"]:
+                if not body.current_password:
+                    raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
+                                   {"fields": {"current_password": "Enter your password to use another number."}})
+                ok, _ = await c.hasher.verify(user["password_hash"], body.current_password)
+                if not ok:
+                    async with conn.transaction():
+                        await count_wrong_password(conn, c, user["id"], "verification_ticket")
+                    raise ApiError(403, "wrong_current_password", "Your password is not right.")
+                checked = user["password_hash"]
+        async with conn.transaction():
+            return await _issue_ticket(conn, c, ident, body, checked)
+
+
+async def _issue_ticket(conn: asyncpg.Connection, c: Ctx, ident: Identity, body: TicketIn, checked: str | None) -> web.Response:
+    """The ticket, on the locked row; another number only with the password checked before."""
+    user = await store.get_user(conn, ident.user_id, for_update=True)
+    if user is None or user["status"] != "registered_unverified":
+        raise ApiError(409, "already_verified", "Your phone number is already verified.")
+    phone = await _phone_to_prove(conn, c, user, body.phone)
+    if phone != user["phone"]:
+        if checked is None or checked != user["password_hash"] or user["locked_at"] is not None:
+            raise ApiError(409, "profile_changed", "Your account changed meanwhile. Sign in again and retry.")
+        await store.update_user(conn, user["id"], {"phone": phone, "phone_from_inviter": False}, c.now)
+        await c.audit(conn, "profile_phone_changed", subject=user["id"], practice_id=user["practice_id"],
+                      before_verification=True)
+    if not phone:
+        raise ApiError(422, "phone_required", "Enter the phone number we should send your verification code to.")
+    await c.audit(conn, "verification_ticket_issued", subject=user["id"], practice_id=user["practice_id"],
+                  purpose=REGISTRATION)
+    return web.json_response({"verification": verification(c, user["id"], phone, REGISTRATION)})
 
 
 async def complete_verification(request: web.Request) -> web.Response:

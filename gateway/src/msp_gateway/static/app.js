@@ -464,11 +464,16 @@ async function viewVerifyPhone() {
     const other = h("form", { onsubmit: async (e) => {
       e.preventDefault(); otherErr.hidden = true;
       try {
-        const again = await api("POST", "/me/verification/ticket", { phone: new FormData(other).get("phone") });
+        const fd = new FormData(other);
+        const again = await api("POST", "/me/verification/ticket", { phone: fd.get("phone"), current_password: fd.get("current_password") });
+        other.elements.current_password.value = "";
         steps.replaceChildren(twoStep(again.verification, finishVerification("/me/verification")));
         say(`The code will go to ${again.verification.phone_hint}.`);
       } catch (ex) { showError(otherErr, ex); otherErr.focus(); }
     } }, field("Right phone number", { name: "phone", type: "tel", autocomplete: "tel", required: true, maxlength: 40 }),
+      // Another number takes the password too: the signed-in session alone is not enough.
+      field("Your password", { name: "current_password", type: "password", autocomplete: "current-password", required: true,
+                               maxlength: 1024 }),
       h("button", { type: "submit", class: "secondary" }, "Use this number"), otherErr);
     pageFor(seq, "Verify your phone", h("div", { class: "card narrow" }, steps,
       h("details", {}, h("summary", {}, "Wrong number?"), other), err));
