@@ -39,29 +39,31 @@ LANGUAGE sql VOLATILE AS $$
         WHERE session_revocations.min_epoch < EXCLUDED.min_epoch;
 $$;
 
--- Returns the row's created_wall, or NULL (nothing inserted) when the grant's epoch has been
--- revoked already.
+-- wall: the row's created_wall, or NULL (nothing inserted) when the grant's epoch has been
+-- revoked already; ended_older: whether it ended the user's sessions of older epochs (so that
+-- the replica drops its cached copies only then).
 CREATE FUNCTION insert_session(
     p_token_hash bytea, p_id uuid, p_user_id uuid, p_practice_id uuid, p_roles text[], p_restriction text,
     p_created_at timestamptz, p_last_seen_at timestamptz, p_client_ip text, p_user_agent text, p_epoch bigint,
-    p_password_expires_at timestamptz
-) RETURNS timestamptz
+    p_password_expires_at timestamptz, OUT wall timestamptz, OUT ended_older boolean
+)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     known bigint;
-    wall timestamptz;
 BEGIN
+    ended_older := false;
     IF p_epoch IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('session-epoch:' || p_user_id::text, 0));
         SELECT min_epoch INTO known FROM session_revocations WHERE user_id = p_user_id;
         IF known > p_epoch THEN
-            RETURN NULL;
+            RETURN;  -- wall stays NULL
         END IF;
         IF p_epoch > coalesce(known, 0) THEN
             -- A revocation this gateway has not heard of yet: end the older sessions (those from
             -- before epochs too), with a synchronous commit like every revocation.
             PERFORM remember_revocation(p_user_id, p_epoch);
             DELETE FROM sessions WHERE user_id = p_user_id AND (epoch < p_epoch OR epoch IS NULL);
+            ended_older := true;
         ELSE
             PERFORM set_config('synchronous_commit', 'off', true);  -- only a new row: soft state, see 0004
         END IF;
@@ -73,7 +75,6 @@ BEGIN
     VALUES (p_token_hash, p_id, p_user_id, p_practice_id, p_roles, p_restriction, p_created_at, p_last_seen_at,
             p_client_ip, p_user_agent, p_epoch, p_password_expires_at)
     RETURNING created_wall INTO wall;
-    RETURN wall;
 END
 $$;
 

@@ -112,6 +112,25 @@ async def count_wrong_password(conn: asyncpg.Connection, c: Ctx, user_id: uuid.U
         await revoke_sessions(conn, user_id, "locked")
 
 
+WRONG_CURRENT_PASSWORD = ApiError(403, "wrong_current_password", "Your current password is not right.")
+
+
+async def check_current_password(conn: asyncpg.Connection, c: Ctx, user: asyncpg.Record, password: str | None, *,
+                                 action: str, missing: str) -> str:
+    """The current password that a change of the signed-in user's account needs, verified off
+    the event loop; a wrong one counts towards the lockout (committed before the refusal), a
+    missing one is bad input (`missing` says what for). Returns the hash it matched: the
+    caller re-checks it on the locked row."""
+    if not password:
+        raise ApiError(400, "invalid_input", "Some fields are missing or invalid.", {"fields": {"current_password": missing}})
+    ok, _ = await c.hasher.verify(user["password_hash"], password)
+    if not ok:
+        async with conn.transaction():
+            await count_wrong_password(conn, c, user["id"], action)
+        raise WRONG_CURRENT_PASSWORD
+    return user["password_hash"]
+
+
 async def login(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_model(request, LoginIn)
@@ -262,11 +281,8 @@ async def change_password(request: web.Request) -> web.Response:
         user = await store.get_user(conn, ident.user_id)
         if user is None:
             raise ApiError(401, "not_signed_in", "Please sign in.")
-        ok, _ = await c.hasher.verify(user["password_hash"], body.current_password)
-        if not ok:
-            async with conn.transaction():
-                await count_wrong_password(conn, c, user["id"], "password_change")
-            raise ApiError(403, "wrong_current_password", "Your current password is not right.")
+        await check_current_password(conn, c, user, body.current_password, action="password_change",
+                                     missing="Enter your current password.")
         violations = await password_violations(c, conn, user, body.new_password)
         if violations:
             raise refuse(violations)
@@ -401,15 +417,8 @@ async def verification_ticket(request: web.Request) -> web.Response:
         if user is not None and user["status"] == "registered_unverified":
             wanted = await _phone_to_prove(conn, c, user, body.phone)
             if wanted != user["phone"]:
-                if not body.current_password:
-                    raise ApiError(400, "invalid_input", "Some fields are missing or invalid.",
-                                   {"fields": {"current_password": "Enter your password to use another number."}})
-                ok, _ = await c.hasher.verify(user["password_hash"], body.current_password)
-                if not ok:
-                    async with conn.transaction():
-                        await count_wrong_password(conn, c, user["id"], "verification_ticket")
-                    raise ApiError(403, "wrong_current_password", "Your password is not right.")
-                checked = user["password_hash"]
+                checked = await check_current_password(conn, c, user, body.current_password, action="verification_ticket",
+                                                       missing="Enter your password to use another number.")
         async with conn.transaction():
             return await _issue_ticket(conn, c, ident, body, checked)
 

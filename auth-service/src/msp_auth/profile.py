@@ -28,7 +28,7 @@ from . import policy, store, tokens
 from .accounts import (
     PHONE_CHANGE, SERVICE, Ctx, check_proof, consume_proof, ctx, public_user, two_step_without_phone, verification,
 )
-from .http import ACCOUNT_LOCKED, RESET_REQUIRED, count_wrong_password
+from .http import ACCOUNT_LOCKED, RESET_REQUIRED, check_current_password
 
 _ZONES = frozenset(available_timezones())
 
@@ -72,7 +72,6 @@ def _normalize_phone(raw: str, region: str, field: str) -> str:
         raise _invalid(field, str(exc)) from None
 
 
-WRONG_CURRENT_PASSWORD = ApiError(403, "wrong_current_password", "Your current password is not right.")
 PROFILE_CHANGED = ApiError(409, "profile_changed", "Your profile was changed meanwhile. Reload it and try again.")
 # The changes that need the current password, as its field error names them: with a session
 # alone, a thief would turn 2-step off and move the email (or the phone the codes go to), then
@@ -126,21 +125,15 @@ def _guarded(c: Ctx, body: ProfilePatch, user: Any) -> list[str]:
 
 
 async def _check_current_password(conn: Any, c: Ctx, user: Any, password: str | None, guarded: list[str]) -> str:
-    """The current password, given with a guarded change: checked off the event loop (as
-    POST /me/password does), a wrong one counted towards the lockout. Returns the hash it
-    matched. Refusals are audited and committed before they are raised."""
+    """check_current_password for a guarded change; a missing password is audited too (a
+    session trying those changes without it is what a thief's looks like)."""
+    wanted = " or ".join(GUARDED_NAMES[f] for f in guarded)
     if not password:
         async with conn.transaction():
             await c.audit(conn, "profile_change", outcome="refused", subject=user["id"], practice_id=user["practice_id"],
                           fields=guarded, reason="current_password_missing")
-        wanted = " or ".join(GUARDED_NAMES[f] for f in guarded)
-        raise _invalid("current_password", f"Enter your current password to {wanted}.")
-    ok, _ = await c.hasher.verify(user["password_hash"], password)
-    if not ok:
-        async with conn.transaction():
-            await count_wrong_password(conn, c, user["id"], "profile_change")
-        raise WRONG_CURRENT_PASSWORD
-    return user["password_hash"]
+    return await check_current_password(conn, c, user, password, action="profile_change",
+                                        missing=f"Enter your current password to {wanted}.")
 
 
 async def patch_me(request: web.Request) -> web.Response:

@@ -174,11 +174,12 @@ class SessionManager:
             epoch=epoch,
             password_expires_at=password_expires_at,
         )
-        row.created_wall = await store.insert_session(self._pool, row, client_ip=client_ip, user_agent=user_agent)
+        row.created_wall, ended_older = await store.insert_session(self._pool, row, client_ip=client_ip,
+                                                                   user_agent=user_agent)
         if row.created_wall is None:
             raise GrantRevoked(str(user_id))
-        if epoch:  # the database ended the user's sessions of older epochs (or none): so does this cache
-            self._evict(lambda r: r.user_id == user_id and r.token_hash != row.token_hash and (r.epoch or 0) < epoch)
+        if ended_older:  # the database ended the user's sessions of older epochs (or none): so does this cache
+            self._evict(lambda r: r.user_id == user_id and (r.epoch or 0) < epoch)
         session = Session(row, now, now, time.monotonic())
         self._cache[row.token_hash] = session
         return cookie_value, session

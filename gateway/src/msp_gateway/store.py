@@ -63,17 +63,18 @@ def _row(record: asyncpg.Record) -> SessionRow:
 
 
 async def insert_session(pool: asyncpg.Pool, row: SessionRow, *, client_ip: str | None,
-                         user_agent: str | None) -> datetime | None:
-    """Store a new session; returns its created_wall, or None (nothing stored) when its grant's
-    epoch is revoked already. A grant at a newer epoch ends the user's older sessions (migration
-    0005). An asynchronous commit (migration 0004: a crash may sign out the sessions of its
-    last moments, nothing worse)."""
-    return await pool.fetchval(
-        "SELECT insert_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                         user_agent: str | None) -> tuple[datetime | None, bool]:
+    """Store a new session: (its created_wall, whether it ended the user's sessions of older
+    epochs), or (None, False) with nothing stored when its grant's epoch is revoked already
+    (migration 0005). A plain insert commits asynchronously (migration 0004: a crash may sign
+    out the sessions of its last moments, nothing worse)."""
+    record = await pool.fetchrow(
+        "SELECT wall, ended_older FROM insert_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         row.token_hash, row.id, row.user_id, row.practice_id, list(row.roles), row.restriction,
         row.created_at, row.last_seen_at, client_ip, (user_agent or "")[:200] or None, row.epoch,
         row.password_expires_at,
     )
+    return record["wall"], record["ended_older"]
 
 
 async def get_session(pool: asyncpg.Pool, token_hash: bytes) -> SessionRow | None:
